@@ -1,0 +1,1 @@
+//! Shoal node agent: not built yet (see docs/ARCHITECTURE.md).

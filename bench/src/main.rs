@@ -1,0 +1,35 @@
+//! `shoal-bench`: benchmark commands for Shoal.
+//!
+//! Every command prints exactly one JSON line of figures LAST on stdout;
+//! progress and diagnostics go to stderr. Benchmarks are commands, never timed
+//! tests: run them in release mode, e.g.
+//! `cargo run --release -p shoal-bench -- api`.
+
+mod api;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "shoal-bench", about = "Shoal benchmarks; each prints one JSON line of figures last on stdout")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// API server: durable ConfigMap creates over HTTPS at 1 and 64 clients, and server RSS.
+    Api(api::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let line = match cli.command {
+        Command::Api(a) => rt.block_on(api::run(a))?,
+    };
+    // Drop the runtime (and any lingering connection tasks) before the final line.
+    drop(rt);
+    println!("{line}");
+    Ok(())
+}

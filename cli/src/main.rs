@@ -1,0 +1,87 @@
+//! The `shoal` binary: a thin layer over the host (and later agent) libraries.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use shoal_host::api::ApiConfig;
+use shoal_host::server::{self, ServerConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "shoal", version, about = "A Kubernetes-compatible orchestrator whose policies are WebAssembly plugins")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the control plane: the Kubernetes API over HTTPS on an embedded store.
+    Server(ServerArgs),
+}
+
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// Directory for the database, certificates and admin.kubeconfig.
+    #[arg(long, default_value = "/var/lib/shoal")]
+    data_dir: PathBuf,
+    /// Address to serve the API on.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    listen: SocketAddr,
+    /// Revisions of change history kept for watch resume (older resumes get 410 Gone).
+    #[arg(long, default_value_t = 200_000)]
+    watch_history: u64,
+    /// Seconds between watch bookmarks for clients that ask for them.
+    #[arg(long, default_value_t = 60)]
+    bookmark_interval: u64,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, default_value_t = 3 * 1024 * 1024)]
+    max_body_bytes: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Command::Server(a) => rt.block_on(run_server(a)),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+async fn run_server(a: ServerArgs) -> anyhow::Result<()> {
+    let config = ServerConfig {
+        data_dir: a.data_dir.clone(),
+        listen: a.listen,
+        api: ApiConfig {
+            max_body_bytes: a.max_body_bytes,
+            bookmark_interval: Duration::from_secs(a.bookmark_interval.max(1)),
+            ..ApiConfig::default()
+        },
+        watch_history: a.watch_history,
+    };
+    server::run(config, shutdown_signal(), |r| {
+        println!(
+            "shoal server ready on https://{} (kubeconfig: {})",
+            r.addr,
+            r.kubeconfig.display()
+        );
+    })
+    .await
+    .with_context(|| format!("server with data dir {}", a.data_dir.display()))
+}

@@ -1,0 +1,105 @@
+//! The Kubernetes-compatible REST API.
+
+pub mod discovery;
+pub mod error;
+pub mod handlers;
+pub mod object;
+pub mod resources;
+pub mod selector;
+pub mod strategic;
+pub mod table;
+pub mod validation;
+pub mod watch;
+
+use crate::auth::Identity;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use error::ApiError;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Tunables of the API layer.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// How often watches with `allowWatchBookmarks` get a bookmark.
+    pub bookmark_interval: Duration,
+    /// Default watch timeout when the client gives none.
+    pub default_watch_timeout: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            max_body_bytes: 3 * 1024 * 1024,
+            bookmark_interval: Duration::from_secs(60),
+            default_watch_timeout: Duration::from_secs(1800),
+        }
+    }
+}
+
+/// Shared state of the API server.
+pub struct AppState {
+    /// The object store.
+    pub store: Arc<dyn Store>,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Configuration.
+    pub config: ApiConfig,
+}
+
+/// The API router. Health endpoints are open; everything else needs an identity.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(health))
+        .route("/livez", get(health))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .fallback(api)
+        .with_state(state)
+}
+
+async fn health() -> &'static str {
+    "ok"
+}
+
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    // Ready when the store answers a read.
+    match state.store.get("/core/namespaces/default") {
+        Ok(_) => "ok".into_response(),
+        Err(e) => ApiError::Unavailable(format!("store not ready: {e}")).into_response(),
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    if req.extensions().get::<Identity>().is_none() {
+        return ApiError::Unauthorized.into_response();
+    }
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn api(State(state): State<Arc<AppState>>, req: Request<Body>) -> Response {
+    let started = Instant::now();
+    let identity = req.extensions().get::<Identity>().cloned();
+    let Some(identity) = identity else {
+        return ApiError::Unauthorized.into_response();
+    };
+    let (verb, resource, resp) = handlers::handle(&state, identity, req).await;
+    let code = resp.status().as_u16();
+    if verb != "watch" {
+        state.metrics.observe_request(&verb, &resource, code, started.elapsed());
+    } else {
+        state.metrics.observe_request(&verb, &resource, code, Duration::ZERO);
+    }
+    resp
+}

@@ -1,0 +1,10 @@
+//! Shoal control plane: a Kubernetes-compatible API server on an embedded
+//! store, with the controllers that run in the host process.
+
+pub mod api;
+pub mod auth;
+pub mod controllers;
+pub mod metrics;
+pub mod pki;
+pub mod server;
+pub mod store;

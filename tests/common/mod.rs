@@ -1,0 +1,118 @@
+//! Helpers for end-to-end tests: start and stop a real `shoal server` process.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `shoal server` child process.
+pub struct Server {
+    pub child: Child,
+    pub data_dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub url: String,
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Server {
+    /// Start a server on `port` with `data_dir`, waiting for its ready line.
+    pub fn start_on(data_dir: &Path, port: u16, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .arg("server")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn shoal server");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stdout);
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 0 {
+                if line.contains("ready") {
+                    let _ = tx.send(line.clone());
+                }
+                line.clear();
+            }
+        });
+        let started = Instant::now();
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(_) => {}
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not print a ready line within {:?}", started.elapsed());
+            }
+        }
+        Server {
+            child,
+            data_dir: data_dir.to_path_buf(),
+            kubeconfig: data_dir.join("admin.kubeconfig"),
+            url: format!("https://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Start on a fresh port.
+    pub fn start(data_dir: &Path) -> Server {
+        Self::start_on(data_dir, free_port(), &[])
+    }
+
+    /// The port this server listens on.
+    pub fn port(&self) -> u16 {
+        self.url.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// SIGTERM and wait; returns whether it exited successfully.
+    pub fn stop(mut self) -> bool {
+        send_signal(&self.child, libc::SIGTERM);
+        let status = wait_timeout(&mut self.child, Duration::from_secs(20));
+        status.is_some_and(|s| s.success())
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(mut self) {
+        send_signal(&self.child, libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    /// A kube-rs client for this server's admin kubeconfig.
+    pub async fn client(&self) -> kube::Client {
+        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig).unwrap();
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+        kube::Client::try_from(cfg).unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            send_signal(&self.child, libc::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn send_signal(child: &Child, sig: i32) {
+    // Signal our own child by PID (never by name).
+    let _ = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status();
+}
+
+fn wait_timeout(child: &mut Child, d: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    while start.elapsed() < d {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
