@@ -26,7 +26,10 @@ async fn acknowledged_creates_survive_sigkill() {
         tasks.push(tokio::spawn(async move {
             for i in 0..100_000 {
                 let name = format!("d-{w}-{i}");
-                let cm: ConfigMap = serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "data": {"w": w.to_string()}})).unwrap();
+                let cm: ConfigMap = serde_json::from_value(
+                    serde_json::json!({"metadata": {"name": name}, "data": {"w": w.to_string()}}),
+                )
+                .unwrap();
                 match cms.create(&PostParams::default(), &cm).await {
                     Ok(_) => {
                         acked.lock().unwrap().insert(name);
@@ -41,7 +44,10 @@ async fn acknowledged_creates_survive_sigkill() {
     // Kill once plenty of creates have been acknowledged and more are in flight.
     let mut n = 0;
     while n < 500 {
-        tokio::time::timeout(Duration::from_secs(30), first_acks_rx.recv()).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(30), first_acks_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
         n += 1;
     }
     s.kill9();
@@ -63,6 +69,11 @@ async fn acknowledged_creates_survive_sigkill() {
         .filter_map(|c| c.metadata.name)
         .collect();
     let lost: Vec<_> = acked.difference(&stored).collect();
-    assert!(lost.is_empty(), "{} acknowledged creates lost, e.g. {:?}", lost.len(), &lost[..lost.len().min(5)]);
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged creates lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
     assert!(s.stop());
 }

@@ -27,23 +27,44 @@ async fn list_watch_and_resume_after_restart() {
     let client = s.client().await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     for i in 0..3 {
-        pods.create(&PostParams::default(), &pod(&format!("p{i}"), if i == 2 { "b" } else { "a" })).await.unwrap();
+        pods.create(
+            &PostParams::default(),
+            &pod(&format!("p{i}"), if i == 2 { "b" } else { "a" }),
+        )
+        .await
+        .unwrap();
     }
-    let list = pods.list(&ListParams::default().labels("app=a")).await.unwrap();
+    let list = pods
+        .list(&ListParams::default().labels("app=a"))
+        .await
+        .unwrap();
     assert_eq!(list.items.len(), 2);
     // Paging with limit/continue gives every pod exactly once.
     let page1 = pods.list(&ListParams::default().limit(2)).await.unwrap();
     assert_eq!(page1.items.len(), 2);
     let token = page1.metadata.continue_.clone().expect("a continue token");
-    let page2 = pods.list(&ListParams::default().limit(2).continue_token(&token)).await.unwrap();
+    let page2 = pods
+        .list(&ListParams::default().limit(2).continue_token(&token))
+        .await
+        .unwrap();
     assert_eq!(page2.items.len(), 1);
     assert!(page2.metadata.continue_.as_deref().unwrap_or("").is_empty());
     let rv = list.metadata.resource_version.clone().unwrap();
 
     // Watch from the list's resourceVersion sees a new pod.
-    let mut w = pods.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
-    pods.create(&PostParams::default(), &pod("p3", "a")).await.unwrap();
-    let ev = tokio::time::timeout(Duration::from_secs(10), w.try_next()).await.unwrap().unwrap().unwrap();
+    let mut w = pods
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
+    pods.create(&PostParams::default(), &pod("p3", "a"))
+        .await
+        .unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(10), w.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     let seen_rv = match ev {
         WatchEvent::Added(p) => {
             assert_eq!(p.metadata.name.as_deref(), Some("p3"));
@@ -59,18 +80,42 @@ async fn list_watch_and_resume_after_restart() {
     let client = s.client().await;
     let pods: Api<Pod> = Api::namespaced(client, "default");
     pods.delete("p0", &Default::default()).await.unwrap();
-    let mut w = pods.watch(&WatchParams::default(), &seen_rv).await.unwrap().boxed();
-    let ev = tokio::time::timeout(Duration::from_secs(10), w.try_next()).await.unwrap().unwrap().unwrap();
+    let mut w = pods
+        .watch(&WatchParams::default(), &seen_rv)
+        .await
+        .unwrap()
+        .boxed();
+    let ev = tokio::time::timeout(Duration::from_secs(10), w.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     match ev {
         WatchEvent::Deleted(p) => assert_eq!(p.metadata.name.as_deref(), Some("p0")),
         other => panic!("unexpected {other:?}"),
     }
     // A label-selected watch turns a relabel into DELETED for that watcher.
-    let mut sel = pods.watch(&WatchParams::default().labels("app=a"), &seen_rv).await.unwrap().boxed();
-    let _ = tokio::time::timeout(Duration::from_secs(10), sel.try_next()).await.unwrap(); // p0 deletion
+    let mut sel = pods
+        .watch(&WatchParams::default().labels("app=a"), &seen_rv)
+        .await
+        .unwrap()
+        .boxed();
+    let _ = tokio::time::timeout(Duration::from_secs(10), sel.try_next())
+        .await
+        .unwrap(); // p0 deletion
     let patch = serde_json::json!({"metadata": {"labels": {"app": "z"}}});
-    pods.patch("p1", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
-    let ev = tokio::time::timeout(Duration::from_secs(10), sel.try_next()).await.unwrap().unwrap().unwrap();
+    pods.patch(
+        "p1",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(10), sel.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     match ev {
         WatchEvent::Deleted(p) => assert_eq!(p.metadata.name.as_deref(), Some("p1")),
         other => panic!("unexpected {other:?}"),
@@ -84,16 +129,30 @@ async fn watch_past_history_gets_410() {
     let s = Server::start_on(dir.path(), common::free_port(), &["--watch-history", "10"]);
     let client = s.client().await;
     let cms: Api<ConfigMap> = Api::namespaced(client, "default");
-    let mut cm: ConfigMap = serde_json::from_value(serde_json::json!({"metadata": {"name": "hot"}, "data": {"n": "0"}})).unwrap();
+    let mut cm: ConfigMap = serde_json::from_value(
+        serde_json::json!({"metadata": {"name": "hot"}, "data": {"n": "0"}}),
+    )
+    .unwrap();
     cm = cms.create(&PostParams::default(), &cm).await.unwrap();
     let first_rv = cm.metadata.resource_version.clone().unwrap();
     // Enough writes to compact the history past the first revision.
     for i in 0..1200 {
         cm.data = Some(BTreeMap::from([("n".to_string(), i.to_string())]));
-        cm = cms.replace("hot", &PostParams::default(), &cm).await.unwrap();
+        cm = cms
+            .replace("hot", &PostParams::default(), &cm)
+            .await
+            .unwrap();
     }
-    let mut w = cms.watch(&WatchParams::default(), &first_rv).await.unwrap().boxed();
-    let ev = tokio::time::timeout(Duration::from_secs(10), w.try_next()).await.unwrap().unwrap().unwrap();
+    let mut w = cms
+        .watch(&WatchParams::default(), &first_rv)
+        .await
+        .unwrap()
+        .boxed();
+    let ev = tokio::time::timeout(Duration::from_secs(10), w.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     match ev {
         WatchEvent::Error(e) => assert_eq!(e.code, 410, "{e:?}"),
         other => panic!("expected 410 Gone, got {other:?}"),
@@ -107,7 +166,10 @@ async fn concurrent_updates_are_applied_or_conflict() {
     let s = Server::start(dir.path());
     let client = s.client().await;
     let cms: Api<ConfigMap> = Api::namespaced(client, "default");
-    let cm: ConfigMap = serde_json::from_value(serde_json::json!({"metadata": {"name": "counter"}, "data": {"writers": ""}})).unwrap();
+    let cm: ConfigMap = serde_json::from_value(
+        serde_json::json!({"metadata": {"name": "counter"}, "data": {"writers": ""}}),
+    )
+    .unwrap();
     cms.create(&PostParams::default(), &cm).await.unwrap();
     // 32 writers each append their id with read-modify-write and retry on 409.
     let mut tasks = Vec::new();
@@ -144,7 +206,10 @@ async fn concurrent_updates_are_applied_or_conflict() {
     uniq.sort();
     uniq.dedup();
     assert_eq!(uniq.len(), 32 * 5);
-    assert!(conflicts > 0, "32 concurrent writers must have collided at least once");
+    assert!(
+        conflicts > 0,
+        "32 concurrent writers must have collided at least once"
+    );
     // A stale resourceVersion gets 409.
     let mut stale: ConfigMap = cms.get("counter").await.unwrap();
     stale.metadata.resource_version = Some("1".into());

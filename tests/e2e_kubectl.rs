@@ -24,7 +24,10 @@ fn kubectl(s: &Server, args: &[&str]) -> (bool, String, String) {
 
 fn ok(s: &Server, args: &[&str]) -> String {
     let (good, out, err) = kubectl(s, args);
-    assert!(good, "kubectl {args:?} failed:\nstdout: {out}\nstderr: {err}");
+    assert!(
+        good,
+        "kubectl {args:?} failed:\nstdout: {out}\nstderr: {err}"
+    );
     out
 }
 
@@ -37,9 +40,18 @@ fn apply_stdin(s: &Server, ns: &str, manifest: &str) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(manifest.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(manifest.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "apply failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "apply failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -71,7 +83,18 @@ fn kubectl_workflow() {
         assert!(nss.contains(&format!("namespace/{ns}")), "{nss}");
     }
     ok(&s, &["create", "namespace", "e2e"]);
-    let sa = ok(&s, &["-n", "e2e", "get", "serviceaccount", "default", "-o", "name"]);
+    let sa = ok(
+        &s,
+        &[
+            "-n",
+            "e2e",
+            "get",
+            "serviceaccount",
+            "default",
+            "-o",
+            "name",
+        ],
+    );
     assert_eq!(sa.trim(), "serviceaccount/default");
 
     // apply, then apply an edited manifest: image and a port change.
@@ -87,25 +110,49 @@ fn kubectl_workflow() {
     let out = apply_stdin(&s, "e2e", &edited);
     assert!(out.contains("deployment.apps/web configured"), "{out}");
     assert!(out.contains("configmap/web-config unchanged"), "{out}");
-    let d = json(&ok(&s, &["-n", "e2e", "get", "deployment", "web", "-o", "json"]));
+    let d = json(&ok(
+        &s,
+        &["-n", "e2e", "get", "deployment", "web", "-o", "json"],
+    ));
     let c = &d["spec"]["template"]["spec"]["containers"];
     assert_eq!(c.as_array().unwrap().len(), 1);
     assert_eq!(c[0]["image"], "busybox:1.37");
-    assert_eq!(c[0]["ports"], serde_json::json!([{"containerPort": 9090, "name": "http", "protocol": "TCP"}]));
+    assert_eq!(
+        c[0]["ports"],
+        serde_json::json!([{"containerPort": 9090, "name": "http", "protocol": "TCP"}])
+    );
     assert_eq!(c[0]["env"][0]["name"], "GREETING");
     assert_eq!(d["metadata"]["generation"], 2);
-    let svc = json(&ok(&s, &["-n", "e2e", "get", "service", "web", "-o", "json"]));
-    assert_eq!(svc["spec"]["ports"], serde_json::json!([{"name": "http", "port": 8000, "protocol": "TCP", "targetPort": 9090}]));
+    let svc = json(&ok(
+        &s,
+        &["-n", "e2e", "get", "service", "web", "-o", "json"],
+    ));
+    assert_eq!(
+        svc["spec"]["ports"],
+        serde_json::json!([{"name": "http", "port": 8000, "protocol": "TCP", "targetPort": 9090}])
+    );
 
     // get -o yaml shows the stored object with server-set fields.
     let y = ok(&s, &["-n", "e2e", "get", "deployment", "web", "-o", "yaml"]);
-    assert!(y.contains("image: busybox:1.37") && y.contains("uid:") && y.contains("resourceVersion:"), "{y}");
+    assert!(
+        y.contains("image: busybox:1.37") && y.contains("uid:") && y.contains("resourceVersion:"),
+        "{y}"
+    );
 
     // Server-side table columns.
     let t = ok(&s, &["-n", "e2e", "get", "deployments"]);
-    assert!(t.starts_with("NAME") && t.contains("READY") && t.contains("UP-TO-DATE") && t.contains("AVAILABLE"), "{t}");
+    assert!(
+        t.starts_with("NAME")
+            && t.contains("READY")
+            && t.contains("UP-TO-DATE")
+            && t.contains("AVAILABLE"),
+        "{t}"
+    );
     let t = ok(&s, &["-n", "e2e", "get", "services"]);
-    assert!(t.contains("TYPE") && t.contains("PORT(S)") && t.contains("8000/TCP"), "{t}");
+    assert!(
+        t.contains("TYPE") && t.contains("PORT(S)") && t.contains("8000/TCP"),
+        "{t}"
+    );
 
     // get -w sees a change made by another command.
     let mut watch = Command::new(KUBECTL)
@@ -126,43 +173,138 @@ fn kubectl_workflow() {
         }
     });
     // The first line is the existing object: the watch is established after it.
-    let first = rx.recv_timeout(Duration::from_secs(20)).expect("watch printed the initial list");
+    let first = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("watch printed the initial list");
     assert_eq!(first, "configmap/web-config");
-    ok(&s, &["-n", "e2e", "create", "configmap", "watched", "--from-literal=a=b"]);
-    let seen = rx.recv_timeout(Duration::from_secs(20)).expect("watch saw the new configmap");
+    ok(
+        &s,
+        &[
+            "-n",
+            "e2e",
+            "create",
+            "configmap",
+            "watched",
+            "--from-literal=a=b",
+        ],
+    );
+    let seen = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("watch saw the new configmap");
     assert_eq!(seen, "configmap/watched");
     let _ = watch.kill();
     let _ = watch.wait();
 
     // label, annotate, scale, patch --type=json.
-    ok(&s, &["-n", "e2e", "label", "deployment", "web", "tier=frontend"]);
-    ok(&s, &["-n", "e2e", "annotate", "deployment", "web", "team=storage"]);
-    ok(&s, &["-n", "e2e", "scale", "deployment", "web", "--replicas=4"]);
-    ok(&s, &["-n", "e2e", "patch", "deployment", "web", "--type=json", "-p", r#"[{"op":"add","path":"/spec/minReadySeconds","value":7}]"#]);
-    let d = json(&ok(&s, &["-n", "e2e", "get", "deployment", "web", "-o", "json"]));
+    ok(
+        &s,
+        &["-n", "e2e", "label", "deployment", "web", "tier=frontend"],
+    );
+    ok(
+        &s,
+        &["-n", "e2e", "annotate", "deployment", "web", "team=storage"],
+    );
+    ok(
+        &s,
+        &["-n", "e2e", "scale", "deployment", "web", "--replicas=4"],
+    );
+    ok(
+        &s,
+        &[
+            "-n",
+            "e2e",
+            "patch",
+            "deployment",
+            "web",
+            "--type=json",
+            "-p",
+            r#"[{"op":"add","path":"/spec/minReadySeconds","value":7}]"#,
+        ],
+    );
+    let d = json(&ok(
+        &s,
+        &["-n", "e2e", "get", "deployment", "web", "-o", "json"],
+    ));
     assert_eq!(d["metadata"]["labels"]["tier"], "frontend");
     assert_eq!(d["metadata"]["annotations"]["team"], "storage");
     assert_eq!(d["spec"]["replicas"], 4);
     assert_eq!(d["spec"]["minReadySeconds"], 7);
-    let sel = ok(&s, &["-n", "e2e", "get", "deployments", "-l", "tier=frontend", "-o", "name"]);
+    let sel = ok(
+        &s,
+        &[
+            "-n",
+            "e2e",
+            "get",
+            "deployments",
+            "-l",
+            "tier=frontend",
+            "-o",
+            "name",
+        ],
+    );
     assert_eq!(sel.trim(), "deployment.apps/web");
-    let sel = ok(&s, &["-n", "e2e", "get", "deployments", "-l", "tier!=frontend", "-o", "name"]);
+    let sel = ok(
+        &s,
+        &[
+            "-n",
+            "e2e",
+            "get",
+            "deployments",
+            "-l",
+            "tier!=frontend",
+            "-o",
+            "name",
+        ],
+    );
     assert_eq!(sel.trim(), "");
 
     // Bad input: a clear 4xx with the field named.
-    let (good, _, err) = kubectl(&s, &["-n", "e2e", "patch", "deployment", "web", "--type=merge", "-p", r#"{"spec":{"replicas":-1}}"#]);
+    let (good, _, err) = kubectl(
+        &s,
+        &[
+            "-n",
+            "e2e",
+            "patch",
+            "deployment",
+            "web",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"replicas":-1}}"#,
+        ],
+    );
     assert!(!good && err.contains("spec.replicas"), "{err}");
-    let (good, _, err) = kubectl(&s, &["-n", "e2e", "patch", "deployment", "web", "--type=merge", "-p", r#"{"spec":{"selector":{"matchLabels":{"app":"other"}}}}"#]);
+    let (good, _, err) = kubectl(
+        &s,
+        &[
+            "-n",
+            "e2e",
+            "patch",
+            "deployment",
+            "web",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"selector":{"matchLabels":{"app":"other"}}}}"#,
+        ],
+    );
     assert!(!good && err.contains("spec.selector"), "{err}");
     let (good, _, err) = kubectl(&s, &["get", "--raw", "/api/v1/nonsense"]);
     assert!(!good && err.contains("NotFound"), "{err}");
 
     // Discovery and raw access.
     let ar = ok(&s, &["api-resources"]);
-    for r in ["deployments", "configmaps", "leases", "endpointslices", "clusterroles"] {
+    for r in [
+        "deployments",
+        "configmaps",
+        "leases",
+        "endpointslices",
+        "clusterroles",
+    ] {
         assert!(ar.contains(r), "{ar}");
     }
-    let raw = json(&ok(&s, &["get", "--raw", "/api/v1/namespaces/e2e/configmaps"]));
+    let raw = json(&ok(
+        &s,
+        &["get", "--raw", "/api/v1/namespaces/e2e/configmaps"],
+    ));
     assert_eq!(raw["kind"], "ConfigMapList");
     assert_eq!(raw["items"].as_array().unwrap().len(), 2);
 
@@ -175,7 +317,17 @@ fn kubectl_workflow() {
     ok(&s, &["delete", "namespace", "e2e", "--timeout=60s"]);
     let (good, _, err) = kubectl(&s, &["get", "namespace", "e2e"]);
     assert!(!good && err.contains("NotFound"), "{err}");
-    let (good, _, err) = kubectl(&s, &["-n", "e2e", "create", "configmap", "late", "--from-literal=a=b"]);
+    let (good, _, err) = kubectl(
+        &s,
+        &[
+            "-n",
+            "e2e",
+            "create",
+            "configmap",
+            "late",
+            "--from-literal=a=b",
+        ],
+    );
     assert!(!good && err.contains("not found"), "{err}");
     assert!(s.stop(), "server exits cleanly on SIGTERM");
 }

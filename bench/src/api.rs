@@ -98,21 +98,37 @@ pub async fn run(args: Args) -> Result<String> {
         Err(e) => eprintln!("stopping the server: {e:#}"),
     }
     figures["errors"] = json!(errors);
-    eprintln!("api bench finished in {:.1}s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "api bench finished in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(figures.to_string())
 }
 
 /// Runs the phases against a started server; returns the figures and the error count.
 async fn measure(args: &Args, c1_creates: u64, server: &Server) -> Result<(Value, u64)> {
     let idle_rss_mb = rss_mb(server.pid)?;
-    eprintln!("server ready (pid {}, {}), idle RSS {idle_rss_mb:.1} MB", server.pid, server.addr);
-    let ctx = Arc::new(Ctx::new(server.addr, &server.data_dir.join("admin.kubeconfig"))?);
+    eprintln!(
+        "server ready (pid {}, {}), idle RSS {idle_rss_mb:.1} MB",
+        server.pid, server.addr
+    );
+    let ctx = Arc::new(Ctx::new(
+        server.addr,
+        &server.data_dir.join("admin.kubeconfig"),
+    )?);
 
     let warm = run_phase(&ctx, "warm-up", HIGH_CLIENTS, args.warmup, args.conns).await?;
     let c1 = run_phase(&ctx, "1 client", 1, c1_creates, args.conns).await?;
     let c64 = run_phase(&ctx, "64 clients", HIGH_CLIENTS, args.creates, args.conns).await?;
     let so_far = warm.ok + c1.ok + c64.ok;
-    let fill = run_phase(&ctx, "fill", HIGH_CLIENTS, args.fill.saturating_sub(so_far), args.conns).await?;
+    let fill = run_phase(
+        &ctx,
+        "fill",
+        HIGH_CLIENTS,
+        args.fill.saturating_sub(so_far),
+        args.conns,
+    )
+    .await?;
     let rss_after_fill_mb = rss_mb(server.pid)?;
     let created = so_far + fill.ok;
     eprintln!("store filled: {created} creates answered 201, RSS {rss_after_fill_mb:.1} MB");
@@ -155,8 +171,12 @@ fn round(x: f64, digits: i32) -> f64 {
 
 /// VmRSS of `pid` in MiB.
 fn rss_mb(pid: u32) -> Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("reading /proc/{pid}/status"))?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).ok_or_else(|| anyhow!("no VmRSS line for pid {pid}"))?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .ok_or_else(|| anyhow!("no VmRSS line for pid {pid}"))?;
     let kb: f64 = line
         .split_whitespace()
         .nth(1)
@@ -181,10 +201,15 @@ struct Server {
 
 impl Server {
     async fn start(bin: &Path) -> Result<Server> {
-        let tmp = tempfile::Builder::new().prefix("shoal-bench-api-").tempdir().context("creating a temp dir")?;
+        let tmp = tempfile::Builder::new()
+            .prefix("shoal-bench-api-")
+            .tempdir()
+            .context("creating a temp dir")?;
         let data_dir = tmp.path().join("data");
         let log = tmp.path().join("server.log");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let log_file = std::fs::File::create(&log)?;
         let mut child = Command::new(bin)
@@ -201,9 +226,19 @@ impl Server {
             .spawn()
             .with_context(|| format!("spawning {}", bin.display()))?;
         let pid = child.id().ok_or_else(|| anyhow!("server exited at once"))?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no server stdout"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow!("no server stdout"))?;
         let mut lines = BufReader::new(stdout).lines();
-        let mut server = Server { child, pid, addr, data_dir, log, tmp: Some(tmp) };
+        let mut server = Server {
+            child,
+            pid,
+            addr,
+            data_dir,
+            log,
+            tmp: Some(tmp),
+        };
         let ready = tokio::time::timeout(Duration::from_secs(60), async {
             while let Some(line) = lines.next_line().await? {
                 if line.contains("ready") {
@@ -282,7 +317,8 @@ impl Server {
         }
         if let Some(tmp) = self.tmp.take() {
             let path = tmp.path().to_path_buf();
-            tmp.close().with_context(|| format!("removing {}", path.display()))?;
+            tmp.close()
+                .with_context(|| format!("removing {}", path.display()))?;
         }
         Ok(status)
     }
@@ -303,22 +339,27 @@ struct Ctx {
 
 impl Ctx {
     fn new(addr: SocketAddr, kubeconfig: &Path) -> Result<Ctx> {
-        let text = std::fs::read_to_string(kubeconfig).with_context(|| format!("reading {}", kubeconfig.display()))?;
-        let kc: serde_yaml::Value = serde_yaml::from_str(&text).context("parsing the admin kubeconfig")?;
-        let field = |v: &serde_yaml::Value, section: &str, inner: &str, key: &str| -> Result<Vec<u8>> {
-            let b64 = v[section][0][inner][key]
-                .as_str()
-                .ok_or_else(|| anyhow!("kubeconfig has no {section}[0].{inner}.{key}"))?;
-            base64::engine::general_purpose::STANDARD
-                .decode(b64.trim())
-                .with_context(|| format!("decoding {section}[0].{inner}.{key}"))
-        };
+        let text = std::fs::read_to_string(kubeconfig)
+            .with_context(|| format!("reading {}", kubeconfig.display()))?;
+        let kc: serde_yaml::Value =
+            serde_yaml::from_str(&text).context("parsing the admin kubeconfig")?;
+        let field =
+            |v: &serde_yaml::Value, section: &str, inner: &str, key: &str| -> Result<Vec<u8>> {
+                let b64 = v[section][0][inner][key]
+                    .as_str()
+                    .ok_or_else(|| anyhow!("kubeconfig has no {section}[0].{inner}.{key}"))?;
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64.trim())
+                    .with_context(|| format!("decoding {section}[0].{inner}.{key}"))
+            };
         let ca = field(&kc, "clusters", "cluster", "certificate-authority-data")?;
         let cert = field(&kc, "users", "user", "client-certificate-data")?;
         let key = field(&kc, "users", "user", "client-key-data")?;
         if let Some(url) = kc["clusters"][0]["cluster"]["server"].as_str() {
             if url != format!("https://{addr}") {
-                eprintln!("note: kubeconfig names {url}; the bench connects to https://{addr} only");
+                eprintln!(
+                    "note: kubeconfig names {url}; the bench connects to https://{addr} only"
+                );
             }
         }
 
@@ -329,7 +370,8 @@ impl Ctx {
         let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert)
             .collect::<Result<_, _>>()
             .map_err(|e| anyhow!("client certificate PEM: {e:?}"))?;
-        let key = PrivateKeyDer::from_pem_slice(&key).map_err(|e| anyhow!("client key PEM: {e:?}"))?;
+        let key =
+            PrivateKeyDer::from_pem_slice(&key).map_err(|e| anyhow!("client key PEM: {e:?}"))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
@@ -352,13 +394,21 @@ impl Ctx {
     }
 
     async fn connect(&self) -> Result<Conn> {
-        let tcp = tokio::net::TcpStream::connect(self.addr).await.with_context(|| format!("connecting to {}", self.addr))?;
+        let tcp = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .with_context(|| format!("connecting to {}", self.addr))?;
         tcp.set_nodelay(true)?;
-        let tls = self.connector.connect(ServerName::from(self.addr.ip()), tcp).await.context("TLS handshake")?;
+        let tls = self
+            .connector
+            .connect(ServerName::from(self.addr.ip()), tcp)
+            .await
+            .context("TLS handshake")?;
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
         let io = TokioIo::new(tls);
         if h2 {
-            let (send, conn) = http2::handshake(TokioExecutor::new(), io).await.context("HTTP/2 handshake")?;
+            let (send, conn) = http2::handshake(TokioExecutor::new(), io)
+                .await
+                .context("HTTP/2 handshake")?;
             tokio::spawn(async move {
                 let _ = conn.await;
             });
@@ -373,12 +423,22 @@ impl Ctx {
     }
 
     /// A request to this server: absolute URI for HTTP/2 (it fills :authority), origin-form plus Host for HTTP/1.1.
-    fn request(&self, conn: &Conn, method: Method, path_and_query: &str, body: Bytes) -> Result<Request<Full<Bytes>>> {
+    fn request(
+        &self,
+        conn: &Conn,
+        method: Method,
+        path_and_query: &str,
+        body: Bytes,
+    ) -> Result<Request<Full<Bytes>>> {
         let builder = match conn {
             Conn::H2(_) => Request::builder().uri(format!("https://{}{path_and_query}", self.addr)),
-            Conn::H1(_) => Request::builder().uri(path_and_query).header(http::header::HOST, self.addr.to_string()),
+            Conn::H1(_) => Request::builder()
+                .uri(path_and_query)
+                .header(http::header::HOST, self.addr.to_string()),
         };
-        let mut builder = builder.method(method).header(http::header::ACCEPT, "application/json");
+        let mut builder = builder
+            .method(method)
+            .header(http::header::ACCEPT, "application/json");
         if !body.is_empty() {
             builder = builder.header(http::header::CONTENT_TYPE, "application/json");
         }
@@ -467,12 +527,22 @@ impl Phase {
 }
 
 /// `count` creates spread over `clients` concurrent clients, each with one request in flight.
-async fn run_phase(ctx: &Arc<Ctx>, label: &str, clients: usize, count: u64, conns: usize) -> Result<Phase> {
+async fn run_phase(
+    ctx: &Arc<Ctx>,
+    label: &str,
+    clients: usize,
+    count: u64,
+    conns: usize,
+) -> Result<Phase> {
     if count == 0 {
         return Ok(Phase::default());
     }
     // Open the connections before the clock starts.
-    let pool_size = if conns == 0 { clients } else { conns.min(clients) };
+    let pool_size = if conns == 0 {
+        clients
+    } else {
+        conns.min(clients)
+    };
     let mut pool = Vec::with_capacity(pool_size);
     for _ in 0..pool_size {
         pool.push(ctx.connect().await?);
@@ -482,7 +552,9 @@ async fn run_phase(ctx: &Arc<Ctx>, label: &str, clients: usize, count: u64, conn
         let conn = if pool_size == clients {
             pool.pop().expect("one connection per client")
         } else {
-            pool[i % pool_size].share().ok_or_else(|| anyhow!("the server did not pick HTTP/2; --conns needs it"))?
+            pool[i % pool_size]
+                .share()
+                .ok_or_else(|| anyhow!("the server did not pick HTTP/2; --conns needs it"))?
         };
         handles.push(conn);
     }
@@ -499,7 +571,10 @@ async fn run_phase(ctx: &Arc<Ctx>, label: &str, clients: usize, count: u64, conn
             loop {
                 tick.tick().await;
                 let n = done.load(Ordering::Relaxed);
-                eprintln!("  {label}: {n}/{count} ({:.0}/s)", n as f64 / start.elapsed().as_secs_f64());
+                eprintln!(
+                    "  {label}: {n}/{count} ({:.0}/s)",
+                    n as f64 / start.elapsed().as_secs_f64()
+                );
             }
         })
     };
@@ -539,7 +614,13 @@ async fn run_phase(ctx: &Arc<Ctx>, label: &str, clients: usize, count: u64, conn
 }
 
 /// One client: creates ConfigMaps one after another until the phase has issued `count`.
-async fn client(ctx: Arc<Ctx>, mut conn: Conn, issued: Arc<AtomicU64>, done: Arc<AtomicU64>, count: u64) -> Result<Phase> {
+async fn client(
+    ctx: Arc<Ctx>,
+    mut conn: Conn,
+    issued: Arc<AtomicU64>,
+    done: Arc<AtomicU64>,
+    count: u64,
+) -> Result<Phase> {
     let mut mine = Phase::default();
     while issued.fetch_add(1, Ordering::Relaxed) < count {
         let n = ctx.seq.fetch_add(1, Ordering::Relaxed);
@@ -549,7 +630,12 @@ async fn client(ctx: Arc<Ctx>, mut conn: Conn, issued: Arc<AtomicU64>, done: Arc
             "metadata": {"name": format!("bench-{n}")},
             "data": {"k": "v"},
         });
-        let req = ctx.request(&conn, Method::POST, "/api/v1/namespaces/default/configmaps", Bytes::from(body.to_string()))?;
+        let req = ctx.request(
+            &conn,
+            Method::POST,
+            "/api/v1/namespaces/default/configmaps",
+            Bytes::from(body.to_string()),
+        )?;
         let t0 = Instant::now();
         match conn.call(req).await {
             Ok((StatusCode::CREATED, _)) => {
@@ -558,7 +644,12 @@ async fn client(ctx: Arc<Ctx>, mut conn: Conn, issued: Arc<AtomicU64>, done: Arc
             }
             Ok((status, body)) => {
                 mine.errors += 1;
-                ctx.sample(|| format!("create bench-{n}: {status}: {}", String::from_utf8_lossy(&body)));
+                ctx.sample(|| {
+                    format!(
+                        "create bench-{n}: {status}: {}",
+                        String::from_utf8_lossy(&body)
+                    )
+                });
             }
             Err(e) => {
                 mine.errors += 1;
@@ -568,7 +659,10 @@ async fn client(ctx: Arc<Ctx>, mut conn: Conn, issued: Arc<AtomicU64>, done: Arc
         done.fetch_add(1, Ordering::Relaxed);
         if conn.is_closed() {
             // The connection died (server crash, GOAWAY, ...): reconnect, or give up on the phase.
-            conn = ctx.connect().await.context("reconnecting after the connection closed")?;
+            conn = ctx
+                .connect()
+                .await
+                .context("reconnecting after the connection closed")?;
         }
     }
     Ok(mine)
@@ -591,10 +685,16 @@ async fn count_stored(ctx: &Ctx) -> Result<u64> {
             bail!("LIST {path}: {status}: {}", String::from_utf8_lossy(&body));
         }
         let list: Value = serde_json::from_slice(&body).context("parsing the LIST body")?;
-        let items = list["items"].as_array().ok_or_else(|| anyhow!("LIST body has no items array"))?;
+        let items = list["items"]
+            .as_array()
+            .ok_or_else(|| anyhow!("LIST body has no items array"))?;
         n += items
             .iter()
-            .filter(|i| i["metadata"]["name"].as_str().is_some_and(|s| s.starts_with("bench-")))
+            .filter(|i| {
+                i["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("bench-"))
+            })
             .count() as u64;
         match list["metadata"]["continue"].as_str() {
             Some(t) if !t.is_empty() => token = t.to_string(),

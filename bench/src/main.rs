@@ -10,7 +10,10 @@ mod api;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "shoal-bench", about = "Shoal benchmarks; each prints one JSON line of figures last on stdout")]
+#[command(
+    name = "shoal-bench",
+    about = "Shoal benchmarks; each prints one JSON line of figures last on stdout"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,7 +27,9 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let line = match cli.command {
         Command::Api(a) => rt.block_on(api::run(a))?,
     };

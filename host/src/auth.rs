@@ -15,7 +15,13 @@ impl Identity {
     /// Read the identity from a verified client certificate.
     pub fn from_cert(cert: &CertificateDer<'_>) -> Option<Identity> {
         let (_, x) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-        let user = x.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+        let user = x
+            .subject()
+            .iter_common_name()
+            .next()?
+            .as_str()
+            .ok()?
+            .to_string();
         let mut groups: Vec<String> = x
             .subject()
             .iter_organization()

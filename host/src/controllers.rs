@@ -69,8 +69,14 @@ async fn reconcile_all(state: &AppState) -> Action {
     };
     let mut action = Action::AwaitChange;
     for kv in &list.items {
-        let Ok(ns) = object::from_store(kv) else { continue };
-        if ns.get("metadata").and_then(|m| m.get("deletionTimestamp")).is_none() {
+        let Ok(ns) = object::from_store(kv) else {
+            continue;
+        };
+        if ns
+            .get("metadata")
+            .and_then(|m| m.get("deletionTimestamp"))
+            .is_none()
+        {
             continue;
         }
         match reconcile(state, &ns).await {
@@ -96,11 +102,27 @@ async fn reconcile(state: &AppState, ns: &Value) -> Result<Action, crate::api::e
         remaining += items.len();
         for kv in items {
             let obj = object::from_store(&kv)?;
-            if obj.get("metadata").and_then(|m| m.get("deletionTimestamp")).is_some() {
+            if obj
+                .get("metadata")
+                .and_then(|m| m.get("deletionTimestamp"))
+                .is_some()
+            {
                 continue;
             }
-            let t = Target { info: r, namespace: Some(name.clone()), name: object::meta_str(&obj, "name").map(str::to_string), sub: None };
-            match handlers::delete(state, &t, &serde_json::json!({"propagationPolicy": "Background"}), &Default::default()).await {
+            let t = Target {
+                info: r,
+                namespace: Some(name.clone()),
+                name: object::meta_str(&obj, "name").map(str::to_string),
+                sub: None,
+            };
+            match handlers::delete(
+                state,
+                &t,
+                &serde_json::json!({"propagationPolicy": "Background"}),
+                &Default::default(),
+            )
+            .await
+            {
                 Ok(_) | Err(crate::api::error::ApiError::NotFound { .. }) => {}
                 Err(e) => return Err(e),
             }
@@ -115,7 +137,10 @@ async fn reconcile(state: &AppState, ns: &Value) -> Result<Action, crate::api::e
         use crate::store::{Op, Precondition};
         state
             .store
-            .txn(vec![Op::Delete { key, precondition: Precondition::ModRevision(kv.mod_revision) }])
+            .txn(vec![Op::Delete {
+                key,
+                precondition: Precondition::ModRevision(kv.mod_revision),
+            }])
             .await?;
     }
     Ok(Action::AwaitChange)

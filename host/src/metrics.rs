@@ -49,22 +49,56 @@ impl Metrics {
         let commit = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         let batch = Histogram::new(exponential_buckets(1.0, 2.0, 12));
         let watchers = Gauge::default();
-        registry.register("apiserver_request", "API requests by verb, resource and code", requests.clone());
-        registry.register("apiserver_request_duration_seconds", "API request latency by verb and resource", latency.clone());
-        registry.register("shoal_store_commit_duration_seconds", "Durable store commit latency (one group commit)", commit.clone());
-        registry.register("shoal_store_commit_batch_size", "Transactions folded into one store commit", batch.clone());
-        registry.register("apiserver_registered_watchers", "Open watch streams", watchers.clone());
-        Metrics { registry, requests, latency, commit, batch, watchers }
+        registry.register(
+            "apiserver_request",
+            "API requests by verb, resource and code",
+            requests.clone(),
+        );
+        registry.register(
+            "apiserver_request_duration_seconds",
+            "API request latency by verb and resource",
+            latency.clone(),
+        );
+        registry.register(
+            "shoal_store_commit_duration_seconds",
+            "Durable store commit latency (one group commit)",
+            commit.clone(),
+        );
+        registry.register(
+            "shoal_store_commit_batch_size",
+            "Transactions folded into one store commit",
+            batch.clone(),
+        );
+        registry.register(
+            "apiserver_registered_watchers",
+            "Open watch streams",
+            watchers.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            commit,
+            batch,
+            watchers,
+        }
     }
 
     /// Record one finished request.
     pub fn observe_request(&self, verb: &str, resource: &str, code: u16, took: Duration) {
         self.requests
-            .get_or_create(&RequestLabels { verb: verb.into(), resource: resource.into(), code: code.to_string() })
+            .get_or_create(&RequestLabels {
+                verb: verb.into(),
+                resource: resource.into(),
+                code: code.to_string(),
+            })
             .inc();
         if verb != "watch" {
             self.latency
-                .get_or_create(&LatencyLabels { verb: verb.into(), resource: resource.into() })
+                .get_or_create(&LatencyLabels {
+                    verb: verb.into(),
+                    resource: resource.into(),
+                })
                 .observe(took.as_secs_f64());
         }
     }
@@ -83,7 +117,8 @@ impl Metrics {
     /// Render in Prometheus text format.
     pub fn encode(&self) -> String {
         let mut s = String::new();
-        prometheus_client::encoding::text::encode(&mut s, &self.registry).expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut s, &self.registry)
+            .expect("writing to a String cannot fail");
         s
     }
 }

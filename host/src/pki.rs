@@ -13,7 +13,10 @@ use std::path::{Path, PathBuf};
 pub enum PkiError {
     /// Filesystem failure.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// Certificate generation or parsing failure.
     #[error("certificate: {0}")]
     Cert(#[from] rcgen::Error),
@@ -43,7 +46,10 @@ fn read(path: &Path) -> Result<Option<String>, PkiError> {
     match std::fs::read_to_string(path) {
         Ok(s) => Ok(Some(s)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(PkiError::Io { path: path.into(), source }),
+        Err(source) => Err(PkiError::Io {
+            path: path.into(),
+            source,
+        }),
     }
 }
 
@@ -51,7 +57,10 @@ fn read(path: &Path) -> Result<Option<String>, PkiError> {
 pub fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| PkiError::Io { path: path.into(), source };
+    let io = |source| PkiError::Io {
+        path: path.into(),
+        source,
+    };
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -78,7 +87,10 @@ impl Pki {
     /// Load the PKI from `dir`, creating whatever is missing. `hosts` are the
     /// names and addresses the serving certificate must cover.
     pub fn load_or_create(dir: &Path, hosts: &[String]) -> Result<Pki, PkiError> {
-        std::fs::create_dir_all(dir).map_err(|source| PkiError::Io { path: dir.into(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| PkiError::Io {
+            path: dir.into(),
+            source,
+        })?;
         let (ca_cert, ca_key) = match (read(&dir.join("ca.crt"))?, read(&dir.join("ca.key"))?) {
             (Some(c), Some(k)) => (c, k),
             _ => {
@@ -86,7 +98,11 @@ impl Pki {
                 let mut p = CertificateParams::new(Vec::<String>::new())?;
                 p.distinguished_name = dn("shoal-ca", &[]);
                 p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-                p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+                p.key_usages = vec![
+                    KeyUsagePurpose::KeyCertSign,
+                    KeyUsagePurpose::CrlSign,
+                    KeyUsagePurpose::DigitalSignature,
+                ];
                 p.not_before = rcgen::date_time_ymd(2024, 1, 1);
                 p.not_after = rcgen::date_time_ymd(2124, 1, 1);
                 let cert = p.self_signed(&key)?;
@@ -96,8 +112,16 @@ impl Pki {
                 (c, k)
             }
         };
-        let mut pki = Pki { ca_cert, ca_key, server_cert: String::new(), server_key: String::new() };
-        match (read(&dir.join("server.crt"))?, read(&dir.join("server.key"))?) {
+        let mut pki = Pki {
+            ca_cert,
+            ca_key,
+            server_cert: String::new(),
+            server_key: String::new(),
+        };
+        match (
+            read(&dir.join("server.crt"))?,
+            read(&dir.join("server.key"))?,
+        ) {
             (Some(c), Some(k)) => {
                 pki.server_cert = c;
                 pki.server_key = k;
@@ -122,21 +146,30 @@ impl Pki {
         let key = KeyPair::generate()?;
         let mut p = CertificateParams::new(Vec::<String>::new())?;
         p.distinguished_name = dn("shoal-apiserver", &[]);
-        let mut names: Vec<String> =
-            vec!["localhost".into(), "127.0.0.1".into(), "::1".into(), "kubernetes".into(),
-                 "kubernetes.default".into(), "kubernetes.default.svc".into(),
-                 "kubernetes.default.svc.cluster.local".into()];
+        let mut names: Vec<String> = vec![
+            "localhost".into(),
+            "127.0.0.1".into(),
+            "::1".into(),
+            "kubernetes".into(),
+            "kubernetes.default".into(),
+            "kubernetes.default.svc".into(),
+            "kubernetes.default.svc.cluster.local".into(),
+        ];
         names.extend(hosts.iter().cloned());
         names.sort();
         names.dedup();
         for n in names {
-            p.subject_alt_names.push(match n.parse::<std::net::IpAddr>() {
-                Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => SanType::DnsName(n.try_into()?),
-            });
+            p.subject_alt_names
+                .push(match n.parse::<std::net::IpAddr>() {
+                    Ok(ip) => SanType::IpAddress(ip),
+                    Err(_) => SanType::DnsName(n.try_into()?),
+                });
         }
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         p.not_before = rcgen::date_time_ymd(2024, 1, 1);
         p.not_after = rcgen::date_time_ymd(2124, 1, 1);
         let cert = p.signed_by(&key, &self.issuer()?)?;
@@ -149,16 +182,28 @@ impl Pki {
         let mut p = CertificateParams::new(Vec::<String>::new())?;
         p.distinguished_name = dn(user, groups);
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         p.not_before = rcgen::date_time_ymd(2024, 1, 1);
         p.not_after = rcgen::date_time_ymd(2124, 1, 1);
         let cert = p.signed_by(&key, &self.issuer()?)?;
-        Ok(ClientCert { cert: cert.pem(), key: key.serialize_pem() })
+        Ok(ClientCert {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        })
     }
 }
 
 /// Render a kubeconfig for `server` authenticating with a client certificate.
-pub fn kubeconfig(cluster: &str, server: &str, ca_pem: &str, user: &str, client: &ClientCert) -> String {
+pub fn kubeconfig(
+    cluster: &str,
+    server: &str,
+    ca_pem: &str,
+    user: &str,
+    client: &ClientCert,
+) -> String {
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
     format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: {cluster}\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: {user}\n  user:\n    client-certificate-data: {cert}\n    client-key-data: {key}\ncontexts:\n- name: {cluster}\n  context:\n    cluster: {cluster}\n    user: {user}\n    namespace: default\ncurrent-context: {cluster}\n",
@@ -183,7 +228,13 @@ mod tests {
         assert!(c.cert.contains("BEGIN CERTIFICATE"));
         let (_, pem) = x509_parser::pem::parse_x509_pem(c.cert.as_bytes()).unwrap();
         let x = pem.parse_x509().unwrap();
-        let cn = x.subject().iter_common_name().next().unwrap().as_str().unwrap();
+        let cn = x
+            .subject()
+            .iter_common_name()
+            .next()
+            .unwrap()
+            .as_str()
+            .unwrap();
         assert_eq!(cn, "alice");
     }
 }

@@ -58,7 +58,8 @@ pub struct Ready {
 }
 
 /// The namespaces every cluster starts with.
-pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+pub const SYSTEM_NAMESPACES: &[&str] =
+    &["default", "kube-system", "kube-public", "kube-node-lease"];
 
 async fn bootstrap(store: &dyn Store) -> Result<(), ServerError> {
     let info = api::resources::lookup("", "v1", "namespaces").expect("namespaces are served");
@@ -67,13 +68,22 @@ async fn bootstrap(store: &dyn Store) -> Result<(), ServerError> {
         if store.get(&key)?.is_some() {
             continue;
         }
-        let obj = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+        let obj =
+            serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
         let mut obj = handlers::prepare_create(info, None, obj, false)
             .map_err(|e| ServerError::Tls(format!("bootstrap namespace {ns}: {:?}", e.status())))?;
         let mut sa = handlers::default_service_account(ns);
         let ops = vec![
-            Op::Put { key, value: api::object::to_store(&mut obj), precondition: Precondition::Absent },
-            Op::Put { key: format!("/core/serviceaccounts/{ns}/default"), value: api::object::to_store(&mut sa), precondition: Precondition::None },
+            Op::Put {
+                key,
+                value: api::object::to_store(&mut obj),
+                precondition: Precondition::Absent,
+            },
+            Op::Put {
+                key: format!("/core/serviceaccounts/{ns}/default"),
+                value: api::object::to_store(&mut sa),
+                precondition: Precondition::None,
+            },
         ];
         match store.txn(ops).await {
             Ok(_) | Err(StoreError::Conflict { .. }) => {}
@@ -85,20 +95,27 @@ async fn bootstrap(store: &dyn Store) -> Result<(), ServerError> {
 
 fn tls_config(pki: &Pki) -> Result<rustls::ServerConfig, ServerError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pki.server_cert.as_bytes())
-        .collect::<Result<_, _>>()
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(pki.server_cert.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| ServerError::Tls(e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(pki.server_key.as_bytes())
         .map_err(|e| ServerError::Tls(e.to_string()))?;
-    let key = PrivateKeyDer::from_pem_slice(pki.server_key.as_bytes()).map_err(|e| ServerError::Tls(e.to_string()))?;
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(pki.ca_cert.as_bytes()) {
-        roots.add(c.map_err(|e| ServerError::Tls(e.to_string()))?).map_err(|e| ServerError::Tls(e.to_string()))?;
+        roots
+            .add(c.map_err(|e| ServerError::Tls(e.to_string()))?)
+            .map_err(|e| ServerError::Tls(e.to_string()))?;
     }
     // Client certificates are optional at the TLS layer: requests without one
     // get 401 from the API layer (health endpoints stay open).
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| ServerError::Tls(e.to_string()))?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| ServerError::Tls(e.to_string()))?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ServerError::Tls(e.to_string()))?
@@ -121,7 +138,9 @@ pub async fn run(
     let m2 = metrics.clone();
     let store = EmbeddedStore::open(
         &dir.join("shoal.redb"),
-        EmbeddedOptions { history: config.watch_history },
+        EmbeddedOptions {
+            history: config.watch_history,
+        },
         Some(Arc::new(move |d, n| m2.observe_commit(d, n))),
     )?;
     let store: Arc<dyn Store> = Arc::new(store);
@@ -135,15 +154,32 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| ServerError::Io(config.listen.to_string(), e))?;
-    let addr = listener.local_addr().map_err(|e| ServerError::Io("listener".into(), e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ServerError::Io("listener".into(), e))?;
     let kubeconfig = dir.join("admin.kubeconfig");
-    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
-    let host = if host.contains(':') { format!("[{host}]") } else { host };
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        addr.ip().to_string()
+    };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
     let server_url = format!("https://{host}:{}", addr.port());
     let admin = pki.issue_client("admin", &["system:masters"])?;
-    pki::write_private(&kubeconfig, &pki::kubeconfig("shoal", &server_url, &pki.ca_cert, "admin", &admin))?;
+    pki::write_private(
+        &kubeconfig,
+        &pki::kubeconfig("shoal", &server_url, &pki.ca_cert, "admin", &admin),
+    )?;
 
-    let state = Arc::new(AppState { store: store.clone(), metrics, config: config.api.clone() });
+    let state = Arc::new(AppState {
+        store: store.clone(),
+        metrics,
+        config: config.api.clone(),
+    });
     let ctrl_stop = controllers::spawn(state.clone());
     let app = api::router(state);
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&pki)?));
@@ -167,21 +203,29 @@ pub async fn run(
         let app = app.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                Ok(Ok(t)) => t,
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "tls handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let identity = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(Identity::from_cert);
-            let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                if let Some(id) = &identity {
-                    req.extensions_mut().insert(id.clone());
-                }
-                app.clone().oneshot(req.map(axum::body::Body::new))
-            });
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(t)) => t,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "tls handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+            let identity = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(Identity::from_cert);
+            let svc = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    if let Some(id) = &identity {
+                        req.extensions_mut().insert(id.clone());
+                    }
+                    app.clone().oneshot(req.map(axum::body::Body::new))
+                },
+            );
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
             let _ = watcher.watch(conn.into_owned()).await;

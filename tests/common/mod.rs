@@ -16,7 +16,11 @@ pub struct Server {
 
 /// A free loopback port.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Server {
@@ -50,7 +54,10 @@ impl Server {
             Ok(_) => {}
             Err(_) => {
                 let _ = child.kill();
-                panic!("server did not print a ready line within {:?}", started.elapsed());
+                panic!(
+                    "server did not print a ready line within {:?}",
+                    started.elapsed()
+                );
             }
         }
         Server {
@@ -87,7 +94,9 @@ impl Server {
     /// A kube-rs client for this server's admin kubeconfig.
     pub async fn client(&self) -> kube::Client {
         let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig).unwrap();
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .unwrap();
         kube::Client::try_from(cfg).unwrap()
     }
 }
@@ -103,7 +112,10 @@ impl Drop for Server {
 
 fn send_signal(child: &Child, sig: i32) {
     // Signal our own child by PID (never by name).
-    let _ = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status();
 }
 
 fn wait_timeout(child: &mut Child, d: Duration) -> Option<std::process::ExitStatus> {

@@ -1,19 +1,27 @@
 //! Discovery (`/api`, `/apis`, group and version resource lists), `/version`,
 //! and OpenAPI documents enough for kubectl's field validation checks.
 
-use super::resources::{self, RESOURCES};
 use super::handlers::Query;
+use super::resources::{self, RESOURCES};
 use axum::response::{IntoResponse, Response};
 use http::{header, Method, StatusCode};
 use serde_json::{json, Value};
 
 fn ok(v: Value) -> Response {
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], serde_json::to_vec(&v).expect("serializes")).into_response()
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(&v).expect("serializes"),
+    )
+        .into_response()
 }
 
 fn resource_list(group: &str, version: &str) -> Option<Value> {
     let mut out = Vec::new();
-    for r in RESOURCES.iter().filter(|r| r.group == group && r.version == version) {
+    for r in RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+    {
         let mut e = json!({
             "name": r.plural, "singularName": r.singular, "namespaced": r.namespaced,
             "kind": r.kind, "verbs": resources::verbs(None),
@@ -42,8 +50,14 @@ fn resource_list(group: &str, version: &str) -> Option<Value> {
     if out.is_empty() {
         return None;
     }
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
-    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": out}))
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": out}),
+    )
 }
 
 fn group_entry(group: &str) -> Value {
@@ -75,7 +89,11 @@ fn gvk(r: &resources::ResourceInfo) -> Value {
 /// the server's strategic merge implements.
 fn openapi_v3_gv(group: &str, version: &str) -> Option<Value> {
     let mut paths = serde_json::Map::new();
-    let prefix = if group.is_empty() { format!("/api/{version}") } else { format!("/apis/{group}/{version}") };
+    let prefix = if group.is_empty() {
+        format!("/api/{version}")
+    } else {
+        format!("/apis/{group}/{version}")
+    };
     let params = json!([
         {"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
         {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
@@ -86,40 +104,65 @@ fn openapi_v3_gv(group: &str, version: &str) -> Option<Value> {
         "application/merge-patch+json": {"schema": {"type": "object"}},
     }});
     let mut any = false;
-    for r in RESOURCES.iter().filter(|r| r.group == group && r.version == version) {
+    for r in RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+    {
         any = true;
         let (coll, item) = if r.namespaced {
-            (format!("{prefix}/namespaces/{{namespace}}/{}", r.plural), format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", r.plural))
+            (
+                format!("{prefix}/namespaces/{{namespace}}/{}", r.plural),
+                format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", r.plural),
+            )
         } else {
-            (format!("{prefix}/{}", r.plural), format!("{prefix}/{}/{{name}}", r.plural))
+            (
+                format!("{prefix}/{}", r.plural),
+                format!("{prefix}/{}/{{name}}", r.plural),
+            )
         };
-        let op = |action: &str| json!({
-            "operationId": format!("{action}{}", r.kind), "x-kubernetes-action": action,
-            "x-kubernetes-group-version-kind": gvk(r), "parameters": params,
-            "responses": {"200": {"description": "OK"}},
-        });
+        let op = |action: &str| {
+            json!({
+                "operationId": format!("{action}{}", r.kind), "x-kubernetes-action": action,
+                "x-kubernetes-group-version-kind": gvk(r), "parameters": params,
+                "responses": {"200": {"description": "OK"}},
+            })
+        };
         let mut post = op("post");
-        post["requestBody"] = json!({"content": {"application/json": {"schema": {"type": "object"}}}});
+        post["requestBody"] =
+            json!({"content": {"application/json": {"schema": {"type": "object"}}}});
         let mut put = op("put");
-        put["requestBody"] = json!({"content": {"application/json": {"schema": {"type": "object"}}}});
+        put["requestBody"] =
+            json!({"content": {"application/json": {"schema": {"type": "object"}}}});
         let mut patch = op("patch");
         patch["requestBody"] = body.clone();
         paths.insert(coll, json!({"get": op("list"), "post": post}));
-        paths.insert(item, json!({"get": op("get"), "put": put, "patch": patch, "delete": op("delete")}));
+        paths.insert(
+            item,
+            json!({"get": op("get"), "put": put, "patch": patch, "delete": op("delete")}),
+        );
     }
-    any.then(|| json!({
-        "openapi": "3.0.0",
-        "info": {"title": "Shoal", "version": env!("CARGO_PKG_VERSION")},
-        "paths": paths,
-        "components": {"schemas": {}},
-    }))
+    any.then(|| {
+        json!({
+            "openapi": "3.0.0",
+            "info": {"title": "Shoal", "version": env!("CARGO_PKG_VERSION")},
+            "paths": paths,
+            "components": {"schemas": {}},
+        })
+    })
 }
 
 fn openapi_v3_root() -> Value {
     let mut paths = serde_json::Map::new();
     for (g, v) in resources::group_versions() {
-        let p = if g.is_empty() { format!("api/{v}") } else { format!("apis/{g}/{v}") };
-        let url = format!("/openapi/v3/{p}?hash={}", env!("CARGO_PKG_VERSION").replace('.', ""));
+        let p = if g.is_empty() {
+            format!("api/{v}")
+        } else {
+            format!("apis/{g}/{v}")
+        };
+        let url = format!(
+            "/openapi/v3/{p}?hash={}",
+            env!("CARGO_PKG_VERSION").replace('.', "")
+        );
         paths.insert(p, json!({"serverRelativeURL": url}));
     }
     json!({"paths": paths})
@@ -141,7 +184,9 @@ pub fn handle(method: &Method, segs: &[&str], _query: &Query) -> Option<Response
     }
     let v = match segs {
         ["version"] => version(),
-        ["api"] => json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}]}),
+        ["api"] => {
+            json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}]})
+        }
         ["api", "v1"] => resource_list("", "v1")?,
         ["apis"] => {
             let mut groups: Vec<&str> = Vec::new();

@@ -19,10 +19,18 @@ pub struct Cause {
 impl Cause {
     /// A required field is missing.
     pub fn required(field: impl Into<String>) -> Cause {
-        Cause { reason: "FieldValueRequired", field: field.into(), message: "Required value".into() }
+        Cause {
+            reason: "FieldValueRequired",
+            field: field.into(),
+            message: "Required value".into(),
+        }
     }
     /// A field has an invalid value.
-    pub fn invalid(field: impl Into<String>, value: impl std::fmt::Display, msg: impl std::fmt::Display) -> Cause {
+    pub fn invalid(
+        field: impl Into<String>,
+        value: impl std::fmt::Display,
+        msg: impl std::fmt::Display,
+    ) -> Cause {
         Cause {
             reason: "FieldValueInvalid",
             field: field.into(),
@@ -31,15 +39,31 @@ impl Cause {
     }
     /// A field may not be changed or set.
     pub fn forbidden(field: impl Into<String>, msg: impl Into<String>) -> Cause {
-        Cause { reason: "FieldValueForbidden", field: field.into(), message: format!("Forbidden: {}", msg.into()) }
+        Cause {
+            reason: "FieldValueForbidden",
+            field: field.into(),
+            message: format!("Forbidden: {}", msg.into()),
+        }
     }
     /// A value is duplicated.
     pub fn duplicate(field: impl Into<String>, value: impl std::fmt::Display) -> Cause {
-        Cause { reason: "FieldValueDuplicate", field: field.into(), message: format!("Duplicate value: \"{value}\"") }
+        Cause {
+            reason: "FieldValueDuplicate",
+            field: field.into(),
+            message: format!("Duplicate value: \"{value}\""),
+        }
     }
     /// A value is not one of the supported ones.
-    pub fn not_supported(field: impl Into<String>, value: impl std::fmt::Display, supported: &[&str]) -> Cause {
-        let list = supported.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
+    pub fn not_supported(
+        field: impl Into<String>,
+        value: impl std::fmt::Display,
+        supported: &[&str],
+    ) -> Cause {
+        let list = supported
+            .iter()
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
         Cause {
             reason: "FieldValueNotSupported",
             field: field.into(),
@@ -58,7 +82,11 @@ pub enum ApiError {
     /// 403.
     Forbidden(String),
     /// 404 for an object: (resource, name).
-    NotFound { group: String, resource: String, name: String },
+    NotFound {
+        group: String,
+        resource: String,
+        name: String,
+    },
     /// 404 for a path.
     PathNotFound(String),
     /// 405.
@@ -66,9 +94,18 @@ pub enum ApiError {
     /// 406.
     NotAcceptable(String),
     /// 409 AlreadyExists.
-    AlreadyExists { group: String, resource: String, name: String },
+    AlreadyExists {
+        group: String,
+        resource: String,
+        name: String,
+    },
     /// 409 Conflict.
-    Conflict { group: String, resource: String, name: String, message: String },
+    Conflict {
+        group: String,
+        resource: String,
+        name: String,
+        message: String,
+    },
     /// 410.
     Gone(String),
     /// 413.
@@ -76,7 +113,12 @@ pub enum ApiError {
     /// 415.
     UnsupportedMediaType(String),
     /// 422.
-    Invalid { group: String, kind: String, name: String, causes: Vec<Cause> },
+    Invalid {
+        group: String,
+        kind: String,
+        name: String,
+        causes: Vec<Cause>,
+    },
     /// 429/503-like: the server is going away.
     Unavailable(String),
     /// 500: a server fault (never a client mistake).
@@ -84,7 +126,11 @@ pub enum ApiError {
 }
 
 fn qualified(resource: &str, group: &str) -> String {
-    if group.is_empty() { resource.to_string() } else { format!("{resource}.{group}") }
+    if group.is_empty() {
+        resource.to_string()
+    } else {
+        format!("{resource}.{group}")
+    }
 }
 
 impl ApiError {
@@ -114,7 +160,11 @@ impl ApiError {
             ApiError::BadRequest(m) => ("BadRequest", m.clone(), None),
             ApiError::Unauthorized => ("Unauthorized", "Unauthorized".to_string(), None),
             ApiError::Forbidden(m) => ("Forbidden", m.clone(), None),
-            ApiError::NotFound { group, resource, name } => (
+            ApiError::NotFound {
+                group,
+                resource,
+                name,
+            } => (
                 "NotFound",
                 format!("{} \"{name}\" not found", qualified(resource, group)),
                 Some(json!({"name": name, "group": group, "kind": resource})),
@@ -122,25 +172,46 @@ impl ApiError {
             ApiError::PathNotFound(m) => ("NotFound", m.clone(), None),
             ApiError::MethodNotAllowed(m) => ("MethodNotAllowed", m.clone(), None),
             ApiError::NotAcceptable(m) => ("NotAcceptable", m.clone(), None),
-            ApiError::AlreadyExists { group, resource, name } => (
+            ApiError::AlreadyExists {
+                group,
+                resource,
+                name,
+            } => (
                 "AlreadyExists",
                 format!("{} \"{name}\" already exists", qualified(resource, group)),
                 Some(json!({"name": name, "group": group, "kind": resource})),
             ),
-            ApiError::Conflict { group, resource, name, message } => (
+            ApiError::Conflict {
+                group,
+                resource,
+                name,
+                message,
+            } => (
                 "Conflict",
-                format!("Operation cannot be fulfilled on {} \"{name}\": {message}", qualified(resource, group)),
+                format!(
+                    "Operation cannot be fulfilled on {} \"{name}\": {message}",
+                    qualified(resource, group)
+                ),
                 Some(json!({"name": name, "group": group, "kind": resource})),
             ),
             ApiError::Gone(m) => ("Expired", m.clone(), None),
             ApiError::TooLarge(m) => ("RequestEntityTooLarge", m.clone(), None),
             ApiError::UnsupportedMediaType(m) => ("UnsupportedMediaType", m.clone(), None),
-            ApiError::Invalid { group, kind, name, causes } => {
+            ApiError::Invalid {
+                group,
+                kind,
+                name,
+                causes,
+            } => {
                 let list = causes
                     .iter()
                     .map(|c| format!("{}: {}", c.field, c.message))
                     .collect::<Vec<_>>();
-                let joined = if list.len() == 1 { list[0].clone() } else { format!("[{}]", list.join(", ")) };
+                let joined = if list.len() == 1 {
+                    list[0].clone()
+                } else {
+                    format!("[{}]", list.join(", "))
+                };
                 (
                     "Invalid",
                     format!("{kind} \"{name}\" is invalid: {joined}"),
@@ -151,7 +222,11 @@ impl ApiError {
                 )
             }
             ApiError::Unavailable(m) => ("ServiceUnavailable", m.clone(), None),
-            ApiError::Internal(m) => ("InternalError", format!("Internal error occurred: {m}"), None),
+            ApiError::Internal(m) => (
+                "InternalError",
+                format!("Internal error occurred: {m}"),
+                None,
+            ),
         };
         let mut s = json!({
             "kind": "Status", "apiVersion": "v1", "metadata": {},
@@ -187,7 +262,12 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = self.code();
         let body = serde_json::to_vec(&self.status()).unwrap_or_default();
-        (code, [(http::header::CONTENT_TYPE, "application/json")], body).into_response()
+        (
+            code,
+            [(http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()
     }
 }
 

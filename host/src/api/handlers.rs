@@ -47,11 +47,16 @@ fn json_response(code: StatusCode, v: &Value) -> Response {
 }
 
 fn parse_query(q: Option<&str>) -> Query {
-    form_urlencoded::parse(q.unwrap_or("").as_bytes()).into_owned().collect()
+    form_urlencoded::parse(q.unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
 }
 
 fn negotiate(headers: &http::HeaderMap, query: &Query) -> ApiResult<Format> {
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if accept.is_empty() {
         return Ok(Format::Json);
     }
@@ -85,12 +90,29 @@ fn parse_target(group: &str, version: &str, rest: &[&str]) -> ApiResult<Target> 
     let s = |x: &&str| x.to_string();
     match rest {
         [] => Err(nf()),
-        ["namespaces", ns, res, tail @ ..] if resources::lookup(group, version, res).is_some_and(|r| r.namespaced) => {
+        ["namespaces", ns, res, tail @ ..]
+            if resources::lookup(group, version, res).is_some_and(|r| r.namespaced) =>
+        {
             let info = find(res)?;
             match tail {
-                [] => Ok(Target { info, namespace: Some(ns.to_string()), name: None, sub: None }),
-                [name] => Ok(Target { info, namespace: Some(ns.to_string()), name: Some(s(name)), sub: None }),
-                [name, sub] => Ok(Target { info, namespace: Some(ns.to_string()), name: Some(s(name)), sub: Some(s(sub)) }),
+                [] => Ok(Target {
+                    info,
+                    namespace: Some(ns.to_string()),
+                    name: None,
+                    sub: None,
+                }),
+                [name] => Ok(Target {
+                    info,
+                    namespace: Some(ns.to_string()),
+                    name: Some(s(name)),
+                    sub: None,
+                }),
+                [name, sub] => Ok(Target {
+                    info,
+                    namespace: Some(ns.to_string()),
+                    name: Some(s(name)),
+                    sub: Some(s(sub)),
+                }),
                 _ => Err(nf()),
             }
         }
@@ -105,21 +127,38 @@ fn parse_target(group: &str, version: &str, rest: &[&str]) -> ApiResult<Target> 
             if info.namespaced && name.is_some() {
                 return Err(nf());
             }
-            Ok(Target { info, namespace: None, name, sub })
+            Ok(Target {
+                info,
+                namespace: None,
+                name,
+                sub,
+            })
         }
     }
 }
 
 /// Entry point: returns (verb, resource, response) for metrics.
-pub async fn handle(state: &AppState, identity: Identity, req: Request<Body>) -> (String, String, Response) {
+pub async fn handle(
+    state: &AppState,
+    identity: Identity,
+    req: Request<Body>,
+) -> (String, String, Response) {
     let _ = identity;
     let path = req.uri().path().to_string();
     let query = parse_query(req.uri().query());
-    let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     // Decode percent-escapes in segments (names never need them, but be exact).
     let decoded: Vec<String> = segs
         .iter()
-        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
         .collect();
     let segs: Vec<&str> = decoded.iter().map(String::as_str).collect();
     let method = req.method().clone();
@@ -129,7 +168,9 @@ pub async fn handle(state: &AppState, identity: Identity, req: Request<Body>) ->
     let target = match segs.as_slice() {
         ["api", "v1", rest @ ..] => parse_target("", "v1", rest),
         ["apis", g, v, rest @ ..] => parse_target(g, v, rest),
-        _ => Err(ApiError::PathNotFound("the server could not find the requested resource".into())),
+        _ => Err(ApiError::PathNotFound(
+            "the server could not find the requested resource".into(),
+        )),
     };
     let target = match target {
         Ok(t) => t,
@@ -139,7 +180,10 @@ pub async fn handle(state: &AppState, identity: Identity, req: Request<Body>) ->
         Some(s) => format!("{}/{s}", target.info.plural),
         None => target.info.plural.to_string(),
     };
-    let watching = matches!(query.get("watch").map(String::as_str), Some("true") | Some("1"));
+    let watching = matches!(
+        query.get("watch").map(String::as_str),
+        Some("true") | Some("1")
+    );
     let verb = match (&method, target.name.is_some(), watching) {
         (&Method::GET, false, true) => "watch",
         (&Method::GET, false, false) => "list",
@@ -170,9 +214,13 @@ async fn read_body(state: &AppState, req: Request<Body>) -> ApiResult<(String, b
         .trim()
         .to_ascii_lowercase();
     let limit = state.config.max_body_bytes;
-    let body = axum::body::to_bytes(req.into_body(), limit).await.map_err(|_| {
-        ApiError::TooLarge(format!("the request body is too large: the limit is {limit} bytes"))
-    })?;
+    let body = axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|_| {
+            ApiError::TooLarge(format!(
+                "the request body is too large: the limit is {limit} bytes"
+            ))
+        })?;
     Ok((ct, body))
 }
 
@@ -194,7 +242,9 @@ fn decode_body(ct: &str, body: &[u8]) -> ApiResult<Value> {
         }
     };
     if !v.is_object() {
-        return Err(ApiError::BadRequest("the body of the request must be a JSON object".into()));
+        return Err(ApiError::BadRequest(
+            "the body of the request must be a JSON object".into(),
+        ));
     }
     Ok(v)
 }
@@ -238,7 +288,10 @@ async fn dispatch(
             let (ct, body) = read_body(state, req).await?;
             let binding = decode_body(&ct, &body)?;
             bind(state, &t, binding).await?;
-            Ok(json_response(StatusCode::CREATED, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})))
+            Ok(json_response(
+                StatusCode::CREATED,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+            ))
         }
         (&Method::PUT, true, None) | (&Method::PUT, true, Some("status")) => {
             let (ct, body) = read_body(state, req).await?;
@@ -260,22 +313,35 @@ async fn dispatch(
         (&Method::PATCH, true, Some("scale")) => {
             let (ct, body) = read_body(state, req).await?;
             let info = t.info;
-            let out = update_scale(state, &t, move |cur| apply_patch(info, "Scale", cur, &ct, &body)).await?;
+            let out = update_scale(state, &t, move |cur| {
+                apply_patch(info, "Scale", cur, &ct, &body)
+            })
+            .await?;
             Ok(json_response(StatusCode::OK, &out))
         }
         (&Method::DELETE, true, None) => {
             let (ct, body) = read_body(state, req).await?;
-            let opts = if body.iter().all(u8::is_ascii_whitespace) { json!({}) } else { decode_body(&ct, &body)? };
+            let opts = if body.iter().all(u8::is_ascii_whitespace) {
+                json!({})
+            } else {
+                decode_body(&ct, &body)?
+            };
             let (code, out) = delete(state, &t, &opts, &query).await?;
             Ok(json_response(code, &out))
         }
         (&Method::DELETE, false, None) => {
             let (ct, body) = read_body(state, req).await?;
-            let opts = if body.iter().all(u8::is_ascii_whitespace) { json!({}) } else { decode_body(&ct, &body)? };
+            let opts = if body.iter().all(u8::is_ascii_whitespace) {
+                json!({})
+            } else {
+                decode_body(&ct, &body)?
+            };
             let out = delete_collection(state, &t, &opts, &query).await?;
             Ok(json_response(StatusCode::OK, &out))
         }
-        (m, _, _) => Err(ApiError::MethodNotAllowed(format!("the server does not allow this method on the requested resource ({m})"))),
+        (m, _, _) => Err(ApiError::MethodNotAllowed(format!(
+            "the server does not allow this method on the requested resource ({m})"
+        ))),
     }
 }
 
@@ -289,7 +355,10 @@ fn not_found(t: &Target) -> ApiError {
 
 fn get_kv(state: &AppState, t: &Target) -> ApiResult<KeyValue> {
     let name = t.name.as_deref().unwrap_or("");
-    state.store.get(&t.info.key(t.namespace.as_deref(), name))?.ok_or_else(|| not_found(t))
+    state
+        .store
+        .get(&t.info.key(t.namespace.as_deref(), name))?
+        .ok_or_else(|| not_found(t))
 }
 
 fn get_object(state: &AppState, t: &Target) -> ApiResult<Value> {
@@ -301,7 +370,14 @@ fn render_one(t: &Target, obj: Value, format: Format) -> ApiResult<Response> {
         Format::Json => Ok(json_response(StatusCode::OK, &obj)),
         Format::Table(inc) => {
             let rv = meta_str(&obj, "resourceVersion").unwrap_or("").to_string();
-            let tbl = table::table(t.info.kind, &t.info.api_version(), &[obj], inc, json!({"resourceVersion": rv}), chrono::Utc::now());
+            let tbl = table::table(
+                t.info.kind,
+                &t.info.api_version(),
+                &[obj],
+                inc,
+                json!({"resourceVersion": rv}),
+                chrono::Utc::now(),
+            );
             Ok(json_response(StatusCode::OK, &tbl))
         }
     }
@@ -318,22 +394,31 @@ pub struct Selectors {
 impl Selectors {
     /// Parse from query parameters, checking fields against the resource.
     pub fn from_query(info: &ResourceInfo, query: &Query) -> ApiResult<Selectors> {
-        let label = LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or(""))
-            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        let field = FieldSelector::parse(query.get("fieldSelector").map(String::as_str).unwrap_or(""))
-            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let label =
+            LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or(""))
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let field =
+            FieldSelector::parse(query.get("fieldSelector").map(String::as_str).unwrap_or(""))
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let mut supported = vec!["metadata.name"];
         if info.namespaced {
             supported.push("metadata.namespace");
         }
         supported.extend_from_slice(info.field_selectors);
-        field.check_supported(&supported).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        field
+            .check_supported(&supported)
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         Ok(Selectors { label, field })
     }
 
     /// Whether an object matches both selectors.
     pub fn matches(&self, obj: &Value) -> bool {
-        (self.label.is_empty() || self.label.matches(obj.get("metadata").and_then(|m| m.get("labels")).and_then(Value::as_object)))
+        (self.label.is_empty()
+            || self.label.matches(
+                obj.get("metadata")
+                    .and_then(|m| m.get("labels"))
+                    .and_then(Value::as_object),
+            ))
             && (self.field.is_empty() || self.field.matches(obj))
     }
 }
@@ -347,10 +432,15 @@ struct Continue {
 fn list(state: &AppState, t: &Target, query: &Query, format: Format) -> ApiResult<Response> {
     let sel = Selectors::from_query(t.info, query)?;
     let limit: usize = match query.get("limit") {
-        Some(l) => l.parse().map_err(|_| ApiError::BadRequest(format!("invalid limit \"{l}\"")))?,
+        Some(l) => l
+            .parse()
+            .map_err(|_| ApiError::BadRequest(format!("invalid limit \"{l}\"")))?,
         None => 0,
     };
-    let ns = t.namespace.as_deref().or_else(|| sel.field.exact("metadata.namespace"));
+    let ns = t
+        .namespace
+        .as_deref()
+        .or_else(|| sel.field.exact("metadata.namespace"));
     let prefix = t.info.prefix(ns);
     let (mut at, mut start) = (None, None::<String>);
     if let Some(c) = query.get("continue").filter(|c| !c.is_empty()) {
@@ -362,13 +452,19 @@ fn list(state: &AppState, t: &Target, query: &Query, format: Format) -> ApiResul
             .ok_or_else(|| ApiError::BadRequest("invalid continue token".into()))?;
         at = Some(raw.rv);
         start = Some(raw.start);
-    } else if let Some(rv) = query.get("resourceVersion").filter(|s| !s.is_empty() && *s != "0") {
+    } else if let Some(rv) = query
+        .get("resourceVersion")
+        .filter(|s| !s.is_empty() && *s != "0")
+    {
         if query.get("resourceVersionMatch").map(String::as_str) == Some("Exact") {
             at = Some(object::parse_rv(rv)?);
         } else {
             let rv = object::parse_rv(rv)?;
             if rv > state.store.current_revision() {
-                return Err(ApiError::Gone(format!("Timeout: Too large resource version: {rv}, current resource version: {}", state.store.current_revision())));
+                return Err(ApiError::Gone(format!(
+                    "Timeout: Too large resource version: {rv}, current resource version: {}",
+                    state.store.current_revision()
+                )));
             }
         }
     }
@@ -376,7 +472,11 @@ fn list(state: &AppState, t: &Target, query: &Query, format: Format) -> ApiResul
     let mut next_start: Option<String> = None;
     let revision;
     loop {
-        let page_limit = if limit == 0 { 0 } else { (limit - items.len()).max(1) };
+        let page_limit = if limit == 0 {
+            0
+        } else {
+            (limit - items.len()).max(1)
+        };
         let page = state.store.list(&prefix, start.as_deref(), page_limit, at).map_err(|e| match e {
             StoreError::Compacted { .. } if query.contains_key("continue") => ApiError::Gone(
                 "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.".into(),
@@ -405,12 +505,24 @@ fn list(state: &AppState, t: &Target, query: &Query, format: Format) -> ApiResul
     let mut meta = json!({"resourceVersion": revision.to_string()});
     if let Some(s) = next_start {
         use base64::Engine;
-        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(serde_json::to_vec(&Continue { rv: revision, start: s }).expect("serializes"));
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+            serde_json::to_vec(&Continue {
+                rv: revision,
+                start: s,
+            })
+            .expect("serializes"),
+        );
         meta["continue"] = Value::String(token);
     }
     let out = match format {
-        Format::Table(inc) => table::table(t.info.kind, &t.info.api_version(), &items, inc, meta, chrono::Utc::now()),
+        Format::Table(inc) => table::table(
+            t.info.kind,
+            &t.info.api_version(),
+            &items,
+            inc,
+            meta,
+            chrono::Utc::now(),
+        ),
         Format::Json => json!({
             "kind": format!("{}List", t.info.kind),
             "apiVersion": t.info.api_version(),
@@ -448,14 +560,23 @@ fn check_type_meta(info: &ResourceInfo, obj: &mut Value, kind: &str) -> ApiResul
 /// Run the kind's typed codec; a type error is a 400 naming the kind.
 fn typed(info: &ResourceInfo, obj: Value, strict: bool) -> ApiResult<Value> {
     let out = (info.codec)(obj.clone()).map_err(|e| {
-        ApiError::BadRequest(format!("{} in version \"{}\" cannot be handled as a {}: {e}", info.kind, info.version, info.kind))
+        ApiError::BadRequest(format!(
+            "{} in version \"{}\" cannot be handled as a {}: {e}",
+            info.kind, info.version, info.kind
+        ))
     })?;
     if strict {
         let mut unknown = Vec::new();
         unknown_fields(&obj, &out, "", &mut unknown);
         if !unknown.is_empty() {
-            let list = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect::<Vec<_>>().join(", ");
-            return Err(ApiError::BadRequest(format!("strict decoding error: {list}")));
+            let list = unknown
+                .iter()
+                .map(|f| format!("unknown field \"{f}\""))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(ApiError::BadRequest(format!(
+                "strict decoding error: {list}"
+            )));
         }
     }
     Ok(out)
@@ -466,7 +587,11 @@ fn unknown_fields(input: &Value, typed: &Value, path: &str, out: &mut Vec<String
     match (input, typed) {
         (Value::Object(a), Value::Object(b)) => {
             for (k, v) in a {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 match b.get(k) {
                     None if !v.is_null() => out.push(p),
                     Some(tv) => unknown_fields(v, tv, &p, out),
@@ -484,7 +609,12 @@ fn unknown_fields(input: &Value, typed: &Value, path: &str, out: &mut Vec<String
 }
 
 fn invalid(info: &ResourceInfo, name: &str, causes: Vec<Cause>) -> ApiError {
-    ApiError::Invalid { group: info.group.into(), kind: info.kind.into(), name: name.into(), causes }
+    ApiError::Invalid {
+        group: info.group.into(),
+        kind: info.kind.into(),
+        name: name.into(),
+        causes,
+    }
 }
 
 fn strict(query: &Query) -> bool {
@@ -498,11 +628,20 @@ fn dry_run(query: &Query) -> bool {
 /// Check the namespace exists and is not terminating.
 fn check_namespace(state: &AppState, ns: &str) -> ApiResult<()> {
     match state.store.get(&format!("/core/namespaces/{ns}"))? {
-        None => Err(ApiError::NotFound { group: String::new(), resource: "namespaces".into(), name: ns.into() }),
+        None => Err(ApiError::NotFound {
+            group: String::new(),
+            resource: "namespaces".into(),
+            name: ns.into(),
+        }),
         Some(kv) => {
             let v: Value = serde_json::from_slice(&kv.value).unwrap_or(Value::Null);
-            if v.get("metadata").and_then(|m| m.get("deletionTimestamp")).is_some()
-                || v.get("status").and_then(|s| s.get("phase")).and_then(Value::as_str) == Some("Terminating")
+            if v.get("metadata")
+                .and_then(|m| m.get("deletionTimestamp"))
+                .is_some()
+                || v.get("status")
+                    .and_then(|s| s.get("phase"))
+                    .and_then(Value::as_str)
+                    == Some("Terminating")
             {
                 Err(ApiError::Forbidden(format!(
                     "unable to create new content in namespace {ns} because it is being terminated"
@@ -524,7 +663,12 @@ fn conflict(info: &ResourceInfo, name: &str) -> ApiError {
 }
 
 /// Prepare a new object (metadata, defaults, validation) for creation.
-pub fn prepare_create(info: &ResourceInfo, namespace: Option<&str>, mut obj: Value, strict_fields: bool) -> ApiResult<Value> {
+pub fn prepare_create(
+    info: &ResourceInfo,
+    namespace: Option<&str>,
+    mut obj: Value,
+    strict_fields: bool,
+) -> ApiResult<Value> {
     check_type_meta(info, &mut obj, info.kind)?;
     let mut obj = typed(info, obj, strict_fields)?;
     let m = meta_mut(&mut obj);
@@ -543,9 +687,17 @@ pub fn prepare_create(info: &ResourceInfo, namespace: Option<&str>, mut obj: Val
     } else {
         m.remove("namespace");
     }
-    let name = m.get("name").and_then(Value::as_str).unwrap_or("").to_string();
+    let name = m
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     if name.is_empty() {
-        if let Some(prefix) = m.get("generateName").and_then(Value::as_str).filter(|p| !p.is_empty()) {
+        if let Some(prefix) = m
+            .get("generateName")
+            .and_then(Value::as_str)
+            .filter(|p| !p.is_empty())
+        {
             let generated = object::generate_name(prefix);
             m.insert("name".into(), Value::String(generated));
         }
@@ -554,9 +706,19 @@ pub fn prepare_create(info: &ResourceInfo, namespace: Option<&str>, mut obj: Val
     m.remove("deletionTimestamp");
     m.remove("deletionGracePeriodSeconds");
     m.remove("managedFields");
-    m.insert("uid".into(), Value::String(uuid::Uuid::new_v4().to_string()));
-    m.insert("creationTimestamp".into(), Value::String(object::now_rfc3339()));
-    if info.kind != "ConfigMap" && info.kind != "Secret" && info.kind != "Event" && info.kind != "Namespace" {
+    m.insert(
+        "uid".into(),
+        Value::String(uuid::Uuid::new_v4().to_string()),
+    );
+    m.insert(
+        "creationTimestamp".into(),
+        Value::String(object::now_rfc3339()),
+    );
+    if info.kind != "ConfigMap"
+        && info.kind != "Secret"
+        && info.kind != "Event"
+        && info.kind != "Namespace"
+    {
         m.insert("generation".into(), json!(1));
     }
     if info.has_status() && !matches!(info.kind, "Namespace" | "Node" | "Plugin") {
@@ -580,7 +742,9 @@ pub fn prepare_create(info: &ResourceInfo, namespace: Option<&str>, mut obj: Val
 
 async fn create(state: &AppState, t: &Target, obj: Value, query: &Query) -> ApiResult<Value> {
     if t.name.is_some() {
-        return Err(ApiError::MethodNotAllowed("POST is not supported on a named object".into()));
+        return Err(ApiError::MethodNotAllowed(
+            "POST is not supported on a named object".into(),
+        ));
     }
     let ns = t.namespace.as_deref();
     if t.info.namespaced && ns.is_none() {
@@ -598,7 +762,11 @@ async fn create(state: &AppState, t: &Target, obj: Value, query: &Query) -> ApiR
     if dry_run(query) {
         return Ok(obj);
     }
-    let mut ops = vec![Op::Put { key, value: object::to_store(&mut obj), precondition: Precondition::Absent }];
+    let mut ops = vec![Op::Put {
+        key,
+        value: object::to_store(&mut obj),
+        precondition: Precondition::Absent,
+    }];
     if t.info.kind == "Namespace" {
         // Every namespace gets a `default` ServiceAccount, created with it.
         let mut sa = default_service_account(&name);
@@ -662,7 +830,15 @@ fn merge_update(info: &ResourceInfo, sub: Option<&str>, old: &Value, new: Value)
             // Server-managed metadata is kept from the stored object.
             let old_meta = old.get("metadata").cloned().unwrap_or(json!({}));
             let m = meta_mut(&mut new);
-            for k in ["uid", "creationTimestamp", "generation", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace", "name"] {
+            for k in [
+                "uid",
+                "creationTimestamp",
+                "generation",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "namespace",
+                "name",
+            ] {
                 match old_meta.get(k) {
                     Some(v) => {
                         m.insert(k.into(), v.clone());
@@ -707,8 +883,14 @@ async fn write_update(
         return Err(invalid(info, &name, causes));
     }
     // Generation moves when anything but metadata and status changes.
-    if t.sub.is_none() && without(old, &["metadata", "status"]) != without(&new, &["metadata", "status"]) {
-        let g = old.get("metadata").and_then(|m| m.get("generation")).and_then(Value::as_i64).unwrap_or(0);
+    if t.sub.is_none()
+        && without(old, &["metadata", "status"]) != without(&new, &["metadata", "status"])
+    {
+        let g = old
+            .get("metadata")
+            .and_then(|m| m.get("generation"))
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
         if g > 0 {
             meta_mut(&mut new).insert("generation".into(), json!(g + 1));
         }
@@ -727,13 +909,25 @@ async fn write_update(
         .and_then(|m| m.get("finalizers"))
         .and_then(Value::as_array)
         .is_some_and(|f| !f.is_empty());
-    let deleting = new.get("metadata").and_then(|m| m.get("deletionTimestamp")).is_some();
+    let deleting = new
+        .get("metadata")
+        .and_then(|m| m.get("deletionTimestamp"))
+        .is_some();
     let ns_finalizers_left = info.kind == "Namespace"
-        && new.get("spec").and_then(|s| s.get("finalizers")).and_then(Value::as_array).is_some_and(|f| !f.is_empty());
-    if deleting && !finalizers_left && !ns_finalizers_left && !(info.kind == "Pod" && old_is_graceful(old)) {
+        && new
+            .get("spec")
+            .and_then(|s| s.get("finalizers"))
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty());
+    let held =
+        finalizers_left || ns_finalizers_left || (info.kind == "Pod" && old_is_graceful(old));
+    if deleting && !held {
         let r = state
             .store
-            .txn(vec![Op::Delete { key, precondition: Precondition::ModRevision(current.mod_revision) }])
+            .txn(vec![Op::Delete {
+                key,
+                precondition: Precondition::ModRevision(current.mod_revision),
+            }])
             .await
             .map_err(|e| match e {
                 StoreError::Conflict { .. } => conflict(info, &name),
@@ -744,7 +938,11 @@ async fn write_update(
     }
     let r = state
         .store
-        .txn(vec![Op::Put { key, value: object::to_store(&mut new), precondition: Precondition::ModRevision(current.mod_revision) }])
+        .txn(vec![Op::Put {
+            key,
+            value: object::to_store(&mut new),
+            precondition: Precondition::ModRevision(current.mod_revision),
+        }])
         .await
         .map_err(|e| match e {
             StoreError::Conflict { .. } => conflict(info, &name),
@@ -756,10 +954,19 @@ async fn write_update(
 
 /// A pod deleted gracefully stays until its node (or a forced delete) removes it.
 fn old_is_graceful(old: &Value) -> bool {
-    old.get("metadata").and_then(|m| m.get("deletionGracePeriodSeconds")).and_then(Value::as_i64).unwrap_or(0) > 0
+    old.get("metadata")
+        .and_then(|m| m.get("deletionGracePeriodSeconds"))
+        .and_then(Value::as_i64)
+        .unwrap_or(0)
+        > 0
 }
 
-async fn update(state: &AppState, t: &Target, body: Value, query: &Query) -> ApiResult<(StatusCode, Value)> {
+async fn update(
+    state: &AppState,
+    t: &Target,
+    body: Value,
+    query: &Query,
+) -> ApiResult<(StatusCode, Value)> {
     let info = t.info;
     let name = t.name.clone().unwrap_or_default();
     let mut body = body;
@@ -781,7 +988,10 @@ async fn update(state: &AppState, t: &Target, body: Value, query: &Query) -> Api
             _ => {}
         }
     }
-    let want_rv = meta_str(&body, "resourceVersion").filter(|s| !s.is_empty()).map(object::parse_rv).transpose()?;
+    let want_rv = meta_str(&body, "resourceVersion")
+        .filter(|s| !s.is_empty())
+        .map(object::parse_rv)
+        .transpose()?;
     let body = typed(info, body, strict(query))?;
     let current = get_kv(state, t)?;
     if let Some(rv) = want_rv {
@@ -795,7 +1005,13 @@ async fn update(state: &AppState, t: &Target, body: Value, query: &Query) -> Api
 }
 
 /// Apply a patch document of the given content type to `current`.
-fn apply_patch(info: &ResourceInfo, kind: &str, current: Value, ct: &str, body: &[u8]) -> ApiResult<Value> {
+fn apply_patch(
+    info: &ResourceInfo,
+    kind: &str,
+    current: Value,
+    ct: &str,
+    body: &[u8],
+) -> ApiResult<Value> {
     let name = meta_str(&current, "name").unwrap_or("").to_string();
     match ct {
         "application/json-patch+json" => {
@@ -840,7 +1056,13 @@ fn apply_patch(info: &ResourceInfo, kind: &str, current: Value, ct: &str, body: 
     }
 }
 
-async fn patch(state: &AppState, t: &Target, ct: &str, body: &[u8], query: &Query) -> ApiResult<Value> {
+async fn patch(
+    state: &AppState,
+    t: &Target,
+    ct: &str,
+    body: &[u8],
+    query: &Query,
+) -> ApiResult<Value> {
     let info = t.info;
     let name = t.name.clone().unwrap_or_default();
     // Retry on conflict, like Kubernetes' guaranteed update, unless the patch
@@ -850,7 +1072,9 @@ async fn patch(state: &AppState, t: &Target, ct: &str, body: &[u8], query: &Quer
         let old = object::from_store(&current)?;
         let patched = apply_patch(info, info.kind, old.clone(), ct, body)?;
         if !patched.is_object() {
-            return Err(ApiError::BadRequest("the patch produced a non-object".into()));
+            return Err(ApiError::BadRequest(
+                "the patch produced a non-object".into(),
+            ));
         }
         let pinned = meta_str(&patched, "resourceVersion").map(str::to_string);
         if let Some(rv) = &pinned {
@@ -861,7 +1085,9 @@ async fn patch(state: &AppState, t: &Target, ct: &str, body: &[u8], query: &Quer
         let mut patched = patched;
         check_type_meta(info, &mut patched, info.kind)?;
         if meta_str(&patched, "name") != Some(name.as_str()) {
-            return Err(ApiError::BadRequest("metadata.name may not be changed by a patch".into()));
+            return Err(ApiError::BadRequest(
+                "metadata.name may not be changed by a patch".into(),
+            ));
         }
         let patched = typed(info, patched, strict(query))?;
         let new = merge_update(info, t.sub.as_deref(), &old, patched);
@@ -881,7 +1107,10 @@ fn scale_of(obj: &Value) -> Value {
         .and_then(|s| s.get("matchLabels"))
         .and_then(Value::as_object)
         .map(|m| {
-            let mut parts: Vec<String> = m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect();
+            let mut parts: Vec<String> = m
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect();
             parts.sort();
             parts.join(",")
         })
@@ -913,19 +1142,39 @@ async fn update_scale(
         let scale = compute(scale_of(&old))?;
         let replicas = scale.get("spec").and_then(|s| s.get("replicas"));
         let replicas = match replicas {
-            Some(r) => r.as_i64().filter(|r| *r >= 0 && *r <= i32::MAX as i64).ok_or_else(|| {
-                invalid(t.info, &name, vec![Cause::invalid("spec.replicas", r, "must be greater than or equal to 0")])
-            })?,
+            Some(r) => r
+                .as_i64()
+                .filter(|r| *r >= 0 && *r <= i32::MAX as i64)
+                .ok_or_else(|| {
+                    invalid(
+                        t.info,
+                        &name,
+                        vec![Cause::invalid(
+                            "spec.replicas",
+                            r,
+                            "must be greater than or equal to 0",
+                        )],
+                    )
+                })?,
             None => 0,
         };
-        if let Some(rv) = scale.get("metadata").and_then(|m| m.get("resourceVersion")).and_then(Value::as_str) {
+        if let Some(rv) = scale
+            .get("metadata")
+            .and_then(|m| m.get("resourceVersion"))
+            .and_then(Value::as_str)
+        {
             if !rv.is_empty() && rv != current.mod_revision.to_string() {
                 return Err(conflict(t.info, &name));
             }
         }
         let mut new = old.clone();
         new["spec"]["replicas"] = json!(replicas);
-        let main = Target { info: t.info, namespace: t.namespace.clone(), name: t.name.clone(), sub: None };
+        let main = Target {
+            info: t.info,
+            namespace: t.namespace.clone(),
+            name: t.name.clone(),
+            sub: None,
+        };
         match write_update(state, &main, &current, &old, new, &Query::new()).await {
             Ok((_, v)) => return Ok(scale_of(&v)),
             Err(ApiError::Conflict { .. }) => continue,
@@ -947,7 +1196,12 @@ async fn bind(state: &AppState, t: &Target, binding: Value) -> ApiResult<()> {
     for _ in 0..16 {
         let current = get_kv(state, t)?;
         let old = object::from_store(&current)?;
-        if let Some(cur) = old.get("spec").and_then(|s| s.get("nodeName")).and_then(Value::as_str).filter(|s| !s.is_empty()) {
+        if let Some(cur) = old
+            .get("spec")
+            .and_then(|s| s.get("nodeName"))
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+        {
             return Err(ApiError::Conflict {
                 group: String::new(),
                 resource: "pods".into(),
@@ -955,7 +1209,11 @@ async fn bind(state: &AppState, t: &Target, binding: Value) -> ApiResult<()> {
                 message: format!("pod {name} is already assigned to node \"{cur}\""),
             });
         }
-        if old.get("metadata").and_then(|m| m.get("deletionTimestamp")).is_some() {
+        if old
+            .get("metadata")
+            .and_then(|m| m.get("deletionTimestamp"))
+            .is_some()
+        {
             return Err(ApiError::Conflict {
                 group: String::new(),
                 resource: "pods".into(),
@@ -965,14 +1223,24 @@ async fn bind(state: &AppState, t: &Target, binding: Value) -> ApiResult<()> {
         }
         let mut new = old.clone();
         new["spec"]["nodeName"] = json!(node);
-        let conds = new["status"]["conditions"].as_array().cloned().unwrap_or_default();
-        let mut conds: Vec<Value> = conds.into_iter().filter(|c| c.get("type") != Some(&json!("PodScheduled"))).collect();
+        let conds = new["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let mut conds: Vec<Value> = conds
+            .into_iter()
+            .filter(|c| c.get("type") != Some(&json!("PodScheduled")))
+            .collect();
         conds.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": object::now_rfc3339()}));
         new["status"]["conditions"] = Value::Array(conds);
         let key = t.info.key(t.namespace.as_deref(), &name);
         match state
             .store
-            .txn(vec![Op::Put { key, value: object::to_store(&mut new), precondition: Precondition::ModRevision(current.mod_revision) }])
+            .txn(vec![Op::Put {
+                key,
+                value: object::to_store(&mut new),
+                precondition: Precondition::ModRevision(current.mod_revision),
+            }])
             .await
         {
             Ok(_) => return Ok(()),
@@ -985,7 +1253,12 @@ async fn bind(state: &AppState, t: &Target, binding: Value) -> ApiResult<()> {
 
 /// Delete one object honouring finalizers, graceful pod deletion and
 /// DeleteOptions (preconditions, propagationPolicy, gracePeriodSeconds).
-pub async fn delete(state: &AppState, t: &Target, opts: &Value, query: &Query) -> ApiResult<(StatusCode, Value)> {
+pub async fn delete(
+    state: &AppState,
+    t: &Target,
+    opts: &Value,
+    query: &Query,
+) -> ApiResult<(StatusCode, Value)> {
     let info = t.info;
     let name = t.name.clone().unwrap_or_default();
     let policy = opts
@@ -993,13 +1266,23 @@ pub async fn delete(state: &AppState, t: &Target, opts: &Value, query: &Query) -
         .and_then(Value::as_str)
         .or_else(|| query.get("propagationPolicy").map(String::as_str))
         .map(str::to_string)
-        .or_else(|| match opts.get("orphanDependents").and_then(Value::as_bool) {
-            Some(true) => Some("Orphan".into()),
-            _ => None,
-        });
+        .or_else(
+            || match opts.get("orphanDependents").and_then(Value::as_bool) {
+                Some(true) => Some("Orphan".into()),
+                _ => None,
+            },
+        );
     if let Some(p) = &policy {
         if !["Orphan", "Background", "Foreground"].contains(&p.as_str()) {
-            return Err(invalid(info, &name, vec![Cause::not_supported("propagationPolicy", p, &["Background", "Foreground", "Orphan"])]));
+            return Err(invalid(
+                info,
+                &name,
+                vec![Cause::not_supported(
+                    "propagationPolicy",
+                    p,
+                    &["Background", "Foreground", "Orphan"],
+                )],
+            ));
         }
     }
     let grace = opts
@@ -1029,7 +1312,11 @@ pub async fn delete(state: &AppState, t: &Target, opts: &Value, query: &Query) -
         }
         let mut new = old.clone();
         let m = meta_mut(&mut new);
-        let mut finalizers: Vec<Value> = m.get("finalizers").and_then(Value::as_array).cloned().unwrap_or_default();
+        let mut finalizers: Vec<Value> = m
+            .get("finalizers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         // propagationPolicy is recorded as Kubernetes does: as a finalizer the
         // garbage collector acts on.
         let gc_finalizer = match policy.as_deref() {
@@ -1045,12 +1332,27 @@ pub async fn delete(state: &AppState, t: &Target, opts: &Value, query: &Query) -
         let already = m.contains_key("deletionTimestamp");
         let ns_pending = info.kind == "Namespace";
         let pod_grace = if info.kind == "Pod" {
-            let bound = old.get("spec").and_then(|s| s.get("nodeName")).and_then(Value::as_str).is_some_and(|n| !n.is_empty());
-            let phase = old.get("status").and_then(|s| s.get("phase")).and_then(Value::as_str).unwrap_or("");
+            let bound = old
+                .get("spec")
+                .and_then(|s| s.get("nodeName"))
+                .and_then(Value::as_str)
+                .is_some_and(|n| !n.is_empty());
+            let phase = old
+                .get("status")
+                .and_then(|s| s.get("phase"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
             let g = grace.unwrap_or_else(|| {
-                old.get("spec").and_then(|s| s.get("terminationGracePeriodSeconds")).and_then(Value::as_i64).unwrap_or(30)
+                old.get("spec")
+                    .and_then(|s| s.get("terminationGracePeriodSeconds"))
+                    .and_then(Value::as_i64)
+                    .unwrap_or(30)
             });
-            if bound && phase != "Succeeded" && phase != "Failed" && g > 0 { Some(g) } else { None }
+            if bound && phase != "Succeeded" && phase != "Failed" && g > 0 {
+                Some(g)
+            } else {
+                None
+            }
         } else {
             None
         };
@@ -1059,7 +1361,14 @@ pub async fn delete(state: &AppState, t: &Target, opts: &Value, query: &Query) -
             if dry_run(query) {
                 return Ok((StatusCode::OK, old));
             }
-            match state.store.txn(vec![Op::Delete { key, precondition: Precondition::ModRevision(current.mod_revision) }]).await {
+            match state
+                .store
+                .txn(vec![Op::Delete {
+                    key,
+                    precondition: Precondition::ModRevision(current.mod_revision),
+                }])
+                .await
+            {
                 Ok(_) => return Ok((StatusCode::OK, old)),
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(e.into()),
@@ -1070,12 +1379,19 @@ pub async fn delete(state: &AppState, t: &Target, opts: &Value, query: &Query) -
         if !already {
             let now = object::now_rfc3339();
             let (ts, g) = match pod_grace {
-                Some(g) => ((chrono::Utc::now() + chrono::Duration::seconds(g)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true), g),
+                Some(g) => (
+                    (chrono::Utc::now() + chrono::Duration::seconds(g))
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    g,
+                ),
                 None => (now, 0),
             };
             m.insert("deletionTimestamp".into(), json!(ts));
             m.insert("deletionGracePeriodSeconds".into(), json!(g));
-        } else if let (Some(g), Some(cur)) = (pod_grace, m.get("deletionGracePeriodSeconds").and_then(Value::as_i64)) {
+        } else if let (Some(g), Some(cur)) = (
+            pod_grace,
+            m.get("deletionGracePeriodSeconds").and_then(Value::as_i64),
+        ) {
             // A shorter grace period may replace a longer one.
             if g < cur {
                 m.insert("deletionGracePeriodSeconds".into(), json!(g));
@@ -1095,7 +1411,11 @@ pub async fn delete(state: &AppState, t: &Target, opts: &Value, query: &Query) -
         }
         match state
             .store
-            .txn(vec![Op::Put { key, value: object::to_store(&mut new), precondition: Precondition::ModRevision(current.mod_revision) }])
+            .txn(vec![Op::Put {
+                key,
+                value: object::to_store(&mut new),
+                precondition: Precondition::ModRevision(current.mod_revision),
+            }])
             .await
         {
             Ok(r) => {
@@ -1109,9 +1429,16 @@ pub async fn delete(state: &AppState, t: &Target, opts: &Value, query: &Query) -
     Err(conflict(info, &name))
 }
 
-async fn delete_collection(state: &AppState, t: &Target, opts: &Value, query: &Query) -> ApiResult<Value> {
+async fn delete_collection(
+    state: &AppState,
+    t: &Target,
+    opts: &Value,
+    query: &Query,
+) -> ApiResult<Value> {
     let sel = Selectors::from_query(t.info, query)?;
-    let list = state.store.list(&t.info.prefix(t.namespace.as_deref()), None, 0, None)?;
+    let list = state
+        .store
+        .list(&t.info.prefix(t.namespace.as_deref()), None, 0, None)?;
     let mut items = Vec::new();
     for kv in &list.items {
         let obj = object::from_store(kv)?;

@@ -82,7 +82,10 @@ async fn metrics(State(state): State<Arc<AppState>>, req: Request) -> Response {
         return ApiError::Unauthorized.into_response();
     }
     (
-        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics.encode(),
     )
         .into_response()
@@ -97,9 +100,13 @@ async fn api(State(state): State<Arc<AppState>>, req: Request<Body>) -> Response
     let (verb, resource, resp) = handlers::handle(&state, identity, req).await;
     let code = resp.status().as_u16();
     if verb != "watch" {
-        state.metrics.observe_request(&verb, &resource, code, started.elapsed());
+        state
+            .metrics
+            .observe_request(&verb, &resource, code, started.elapsed());
     } else {
-        state.metrics.observe_request(&verb, &resource, code, Duration::ZERO);
+        state
+            .metrics
+            .observe_request(&verb, &resource, code, Duration::ZERO);
     }
     resp
 }

@@ -10,7 +10,9 @@ pub fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
     if !obj.get("metadata").is_some_and(Value::is_object) {
         obj["metadata"] = Value::Object(Map::new());
     }
-    obj["metadata"].as_object_mut().expect("metadata is an object")
+    obj["metadata"]
+        .as_object_mut()
+        .expect("metadata is an object")
 }
 
 /// A string field of metadata.
@@ -48,8 +50,11 @@ pub fn to_store(obj: &mut Value) -> Bytes {
 
 /// Parse a resourceVersion string.
 pub fn parse_rv(s: &str) -> ApiResult<Revision> {
-    s.parse::<Revision>()
-        .map_err(|_| ApiError::BadRequest(format!("invalid resource version \"{s}\": must be a decimal number")))
+    s.parse::<Revision>().map_err(|_| {
+        ApiError::BadRequest(format!(
+            "invalid resource version \"{s}\": must be a decimal number"
+        ))
+    })
 }
 
 /// RFC 3339 timestamp with second precision, as Kubernetes writes them.
@@ -65,6 +70,8 @@ pub fn generate_name(prefix: &str) -> String {
     use rand::Rng;
     let mut rng = rand::rng();
     let base: String = prefix.chars().take(63 - 5).collect();
-    let suffix: String = (0..5).map(|_| SUFFIX_ALPHABET[rng.random_range(0..SUFFIX_ALPHABET.len())] as char).collect();
+    let suffix: String = (0..5)
+        .map(|_| SUFFIX_ALPHABET[rng.random_range(0..SUFFIX_ALPHABET.len())] as char)
+        .collect();
     format!("{base}{suffix}")
 }

@@ -15,7 +15,11 @@ fn codec<T: serde::de::DeserializeOwned + serde::Serialize>(v: Value) -> Result<
 
 /// Our own kinds have no k8s-openapi type: accept any object.
 fn untyped(v: Value) -> Result<Value, String> {
-    if v.is_object() { Ok(v) } else { Err("expected an object".into()) }
+    if v.is_object() {
+        Ok(v)
+    } else {
+        Err("expected an object".into())
+    }
 }
 
 /// Describes one served resource.
@@ -48,11 +52,19 @@ pub struct ResourceInfo {
 impl ResourceInfo {
     /// `group/version`, or `version` for core.
     pub fn api_version(&self) -> String {
-        if self.group.is_empty() { self.version.to_string() } else { format!("{}/{}", self.group, self.version) }
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
     }
     /// Storage key prefix for this resource, optionally within a namespace.
     pub fn prefix(&self, namespace: Option<&str>) -> String {
-        let g = if self.group.is_empty() { "core" } else { self.group };
+        let g = if self.group.is_empty() {
+            "core"
+        } else {
+            self.group
+        };
         match namespace {
             Some(ns) if self.namespaced => format!("/{g}/{}/{ns}/", self.plural),
             _ => format!("/{g}/{}/", self.plural),
@@ -71,8 +83,17 @@ impl ResourceInfo {
 macro_rules! res {
     ($g:expr, $v:expr, $plural:expr, $singular:expr, $kind:expr, $ns:expr, $short:expr, $cat:expr, $sub:expr, $fs:expr, $codec:expr) => {
         ResourceInfo {
-            group: $g, version: $v, plural: $plural, singular: $singular, kind: $kind, namespaced: $ns,
-            short_names: $short, categories: $cat, subresources: $sub, field_selectors: $fs, codec: $codec,
+            group: $g,
+            version: $v,
+            plural: $plural,
+            singular: $singular,
+            kind: $kind,
+            namespaced: $ns,
+            short_names: $short,
+            categories: $cat,
+            subresources: $sub,
+            field_selectors: $fs,
+            codec: $codec,
         }
     };
 }
@@ -82,42 +103,353 @@ const NONE: &[&str] = &[];
 
 /// Every served resource.
 pub static RESOURCES: &[ResourceInfo] = &[
-    res!("", "v1", "namespaces", "namespace", "Namespace", false, &["ns"], NONE, &["status"], &["status.phase"], codec::<core::v1::Namespace>),
-    res!("", "v1", "pods", "pod", "Pod", true, &["po"], ALL, &["status", "binding"],
-        &["spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName", "spec.hostNetwork", "status.phase", "status.podIP", "status.nominatedNodeName"], codec::<core::v1::Pod>),
-    res!("", "v1", "nodes", "node", "Node", false, &["no"], NONE, &["status"], &["spec.unschedulable"], codec::<core::v1::Node>),
-    res!("", "v1", "services", "service", "Service", true, &["svc"], ALL, &["status"], &["spec.clusterIP", "spec.type"], codec::<core::v1::Service>),
-    res!("", "v1", "endpoints", "endpoints", "Endpoints", true, &["ep"], NONE, NONE, NONE, codec::<core::v1::Endpoints>),
-    res!("", "v1", "configmaps", "configmap", "ConfigMap", true, &["cm"], NONE, NONE, NONE, codec::<core::v1::ConfigMap>),
-    res!("", "v1", "secrets", "secret", "Secret", true, NONE, NONE, NONE, &["type"], codec::<core::v1::Secret>),
-    res!("", "v1", "serviceaccounts", "serviceaccount", "ServiceAccount", true, &["sa"], NONE, NONE, NONE, codec::<core::v1::ServiceAccount>),
-    res!("", "v1", "events", "event", "Event", true, &["ev"], NONE, NONE,
-        &["involvedObject.kind", "involvedObject.namespace", "involvedObject.name", "involvedObject.uid", "involvedObject.apiVersion", "involvedObject.resourceVersion", "involvedObject.fieldPath", "reason", "reportingComponent", "source", "type"], codec::<core::v1::Event>),
-    res!("", "v1", "persistentvolumes", "persistentvolume", "PersistentVolume", false, &["pv"], NONE, &["status"], NONE, codec::<core::v1::PersistentVolume>),
-    res!("", "v1", "persistentvolumeclaims", "persistentvolumeclaim", "PersistentVolumeClaim", true, &["pvc"], NONE, &["status"], NONE, codec::<core::v1::PersistentVolumeClaim>),
-    res!("apps", "v1", "deployments", "deployment", "Deployment", true, &["deploy"], ALL, &["status", "scale"], NONE, codec::<apps::v1::Deployment>),
-    res!("apps", "v1", "replicasets", "replicaset", "ReplicaSet", true, &["rs"], ALL, &["status", "scale"], NONE, codec::<apps::v1::ReplicaSet>),
-    res!("apps", "v1", "daemonsets", "daemonset", "DaemonSet", true, &["ds"], ALL, &["status"], NONE, codec::<apps::v1::DaemonSet>),
-    res!("apps", "v1", "statefulsets", "statefulset", "StatefulSet", true, &["sts"], ALL, &["status", "scale"], NONE, codec::<apps::v1::StatefulSet>),
-    res!("batch", "v1", "jobs", "job", "Job", true, NONE, ALL, &["status"], &["status.successful"], codec::<batch::v1::Job>),
-    res!("batch", "v1", "cronjobs", "cronjob", "CronJob", true, &["cj"], ALL, &["status"], NONE, codec::<batch::v1::CronJob>),
-    res!("discovery.k8s.io", "v1", "endpointslices", "endpointslice", "EndpointSlice", true, NONE, NONE, NONE, NONE, codec::<discovery::v1::EndpointSlice>),
-    res!("coordination.k8s.io", "v1", "leases", "lease", "Lease", true, NONE, NONE, NONE, NONE, codec::<coordination::v1::Lease>),
-    res!("rbac.authorization.k8s.io", "v1", "roles", "role", "Role", true, NONE, NONE, NONE, NONE, codec::<rbac::v1::Role>),
-    res!("rbac.authorization.k8s.io", "v1", "clusterroles", "clusterrole", "ClusterRole", false, NONE, NONE, NONE, NONE, codec::<rbac::v1::ClusterRole>),
-    res!("rbac.authorization.k8s.io", "v1", "rolebindings", "rolebinding", "RoleBinding", true, NONE, NONE, NONE, NONE, codec::<rbac::v1::RoleBinding>),
-    res!("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "clusterrolebinding", "ClusterRoleBinding", false, NONE, NONE, NONE, NONE, codec::<rbac::v1::ClusterRoleBinding>),
-    res!("plugins.shoal.dev", "v1alpha1", "plugins", "plugin", "Plugin", false, NONE, NONE, &["status"], NONE, untyped),
+    res!(
+        "",
+        "v1",
+        "namespaces",
+        "namespace",
+        "Namespace",
+        false,
+        &["ns"],
+        NONE,
+        &["status"],
+        &["status.phase"],
+        codec::<core::v1::Namespace>
+    ),
+    res!(
+        "",
+        "v1",
+        "pods",
+        "pod",
+        "Pod",
+        true,
+        &["po"],
+        ALL,
+        &["status", "binding"],
+        &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName"
+        ],
+        codec::<core::v1::Pod>
+    ),
+    res!(
+        "",
+        "v1",
+        "nodes",
+        "node",
+        "Node",
+        false,
+        &["no"],
+        NONE,
+        &["status"],
+        &["spec.unschedulable"],
+        codec::<core::v1::Node>
+    ),
+    res!(
+        "",
+        "v1",
+        "services",
+        "service",
+        "Service",
+        true,
+        &["svc"],
+        ALL,
+        &["status"],
+        &["spec.clusterIP", "spec.type"],
+        codec::<core::v1::Service>
+    ),
+    res!(
+        "",
+        "v1",
+        "endpoints",
+        "endpoints",
+        "Endpoints",
+        true,
+        &["ep"],
+        NONE,
+        NONE,
+        NONE,
+        codec::<core::v1::Endpoints>
+    ),
+    res!(
+        "",
+        "v1",
+        "configmaps",
+        "configmap",
+        "ConfigMap",
+        true,
+        &["cm"],
+        NONE,
+        NONE,
+        NONE,
+        codec::<core::v1::ConfigMap>
+    ),
+    res!(
+        "",
+        "v1",
+        "secrets",
+        "secret",
+        "Secret",
+        true,
+        NONE,
+        NONE,
+        NONE,
+        &["type"],
+        codec::<core::v1::Secret>
+    ),
+    res!(
+        "",
+        "v1",
+        "serviceaccounts",
+        "serviceaccount",
+        "ServiceAccount",
+        true,
+        &["sa"],
+        NONE,
+        NONE,
+        NONE,
+        codec::<core::v1::ServiceAccount>
+    ),
+    res!(
+        "",
+        "v1",
+        "events",
+        "event",
+        "Event",
+        true,
+        &["ev"],
+        NONE,
+        NONE,
+        &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type"
+        ],
+        codec::<core::v1::Event>
+    ),
+    res!(
+        "",
+        "v1",
+        "persistentvolumes",
+        "persistentvolume",
+        "PersistentVolume",
+        false,
+        &["pv"],
+        NONE,
+        &["status"],
+        NONE,
+        codec::<core::v1::PersistentVolume>
+    ),
+    res!(
+        "",
+        "v1",
+        "persistentvolumeclaims",
+        "persistentvolumeclaim",
+        "PersistentVolumeClaim",
+        true,
+        &["pvc"],
+        NONE,
+        &["status"],
+        NONE,
+        codec::<core::v1::PersistentVolumeClaim>
+    ),
+    res!(
+        "apps",
+        "v1",
+        "deployments",
+        "deployment",
+        "Deployment",
+        true,
+        &["deploy"],
+        ALL,
+        &["status", "scale"],
+        NONE,
+        codec::<apps::v1::Deployment>
+    ),
+    res!(
+        "apps",
+        "v1",
+        "replicasets",
+        "replicaset",
+        "ReplicaSet",
+        true,
+        &["rs"],
+        ALL,
+        &["status", "scale"],
+        NONE,
+        codec::<apps::v1::ReplicaSet>
+    ),
+    res!(
+        "apps",
+        "v1",
+        "daemonsets",
+        "daemonset",
+        "DaemonSet",
+        true,
+        &["ds"],
+        ALL,
+        &["status"],
+        NONE,
+        codec::<apps::v1::DaemonSet>
+    ),
+    res!(
+        "apps",
+        "v1",
+        "statefulsets",
+        "statefulset",
+        "StatefulSet",
+        true,
+        &["sts"],
+        ALL,
+        &["status", "scale"],
+        NONE,
+        codec::<apps::v1::StatefulSet>
+    ),
+    res!(
+        "batch",
+        "v1",
+        "jobs",
+        "job",
+        "Job",
+        true,
+        NONE,
+        ALL,
+        &["status"],
+        &["status.successful"],
+        codec::<batch::v1::Job>
+    ),
+    res!(
+        "batch",
+        "v1",
+        "cronjobs",
+        "cronjob",
+        "CronJob",
+        true,
+        &["cj"],
+        ALL,
+        &["status"],
+        NONE,
+        codec::<batch::v1::CronJob>
+    ),
+    res!(
+        "discovery.k8s.io",
+        "v1",
+        "endpointslices",
+        "endpointslice",
+        "EndpointSlice",
+        true,
+        NONE,
+        NONE,
+        NONE,
+        NONE,
+        codec::<discovery::v1::EndpointSlice>
+    ),
+    res!(
+        "coordination.k8s.io",
+        "v1",
+        "leases",
+        "lease",
+        "Lease",
+        true,
+        NONE,
+        NONE,
+        NONE,
+        NONE,
+        codec::<coordination::v1::Lease>
+    ),
+    res!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "roles",
+        "role",
+        "Role",
+        true,
+        NONE,
+        NONE,
+        NONE,
+        NONE,
+        codec::<rbac::v1::Role>
+    ),
+    res!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "clusterroles",
+        "clusterrole",
+        "ClusterRole",
+        false,
+        NONE,
+        NONE,
+        NONE,
+        NONE,
+        codec::<rbac::v1::ClusterRole>
+    ),
+    res!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "rolebindings",
+        "rolebinding",
+        "RoleBinding",
+        true,
+        NONE,
+        NONE,
+        NONE,
+        NONE,
+        codec::<rbac::v1::RoleBinding>
+    ),
+    res!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "clusterrolebindings",
+        "clusterrolebinding",
+        "ClusterRoleBinding",
+        false,
+        NONE,
+        NONE,
+        NONE,
+        NONE,
+        codec::<rbac::v1::ClusterRoleBinding>
+    ),
+    res!(
+        "plugins.shoal.dev",
+        "v1alpha1",
+        "plugins",
+        "plugin",
+        "Plugin",
+        false,
+        NONE,
+        NONE,
+        &["status"],
+        NONE,
+        untyped
+    ),
 ];
 
 /// Find a resource by group, version and plural name.
 pub fn lookup(group: &str, version: &str, plural: &str) -> Option<&'static ResourceInfo> {
-    RESOURCES.iter().find(|r| r.group == group && r.version == version && r.plural == plural)
+    RESOURCES
+        .iter()
+        .find(|r| r.group == group && r.version == version && r.plural == plural)
 }
 
 /// Find a resource by group and kind.
 pub fn by_kind(group: &str, kind: &str) -> Option<&'static ResourceInfo> {
-    RESOURCES.iter().find(|r| r.group == group && r.kind == kind)
+    RESOURCES
+        .iter()
+        .find(|r| r.group == group && r.kind == kind)
 }
 
 /// The served group/versions, core first.
@@ -134,7 +466,16 @@ pub fn group_versions() -> Vec<(&'static str, &'static str)> {
 /// Verbs for a resource or subresource in discovery.
 pub fn verbs(sub: Option<&str>) -> &'static [&'static str] {
     match sub {
-        None => &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+        None => &[
+            "create",
+            "delete",
+            "deletecollection",
+            "get",
+            "list",
+            "patch",
+            "update",
+            "watch",
+        ],
         Some("status") | Some("scale") => &["get", "patch", "update"],
         Some("binding") | Some("eviction") | Some("token") => &["create"],
         Some("finalize") => &["update"],
@@ -154,7 +495,15 @@ pub fn sub_kind(r: &ResourceInfo, sub: &str) -> (&'static str, &'static str, &'s
         "exec" | "attach" => ("", "v1", "PodExecOptions"),
         "portforward" => ("", "v1", "PodPortForwardOptions"),
         "log" => ("", "v1", "Pod"),
-        "proxy" => ("", "v1", if r.kind == "Node" { "NodeProxyOptions" } else { "ServiceProxyOptions" }),
+        "proxy" => (
+            "",
+            "v1",
+            if r.kind == "Node" {
+                "NodeProxyOptions"
+            } else {
+                "ServiceProxyOptions"
+            },
+        ),
         _ => ("", "", ""),
     }
 }

@@ -8,7 +8,8 @@ use serde_json::{json, Map, Value};
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -33,7 +34,9 @@ fn is_qualified_name(s: &str) -> bool {
     }
     !name.is_empty()
         && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
         && name.as_bytes()[0].is_ascii_alphanumeric()
         && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric()
 }
@@ -49,14 +52,19 @@ const DNS1035_MSG: &str = "a DNS-1035 label must consist of lower case alphanume
 /// Validate an object name for a kind (empty names are reported too).
 pub fn check_name(info: &ResourceInfo, name: &str, field: &str) -> Option<Cause> {
     if name.is_empty() {
-        return Some(Cause { reason: "FieldValueRequired", field: field.into(), message: "Required value: name or generateName is required".into() });
+        return Some(Cause {
+            reason: "FieldValueRequired",
+            field: field.into(),
+            message: "Required value: name or generateName is required".into(),
+        });
     }
     let (ok, msg) = match info.kind {
         "Namespace" => (is_dns_label(name), DNS_LABEL_MSG),
         "Service" => (is_dns1035_label(name), DNS1035_MSG),
-        "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding" => {
-            (!name.contains('/') && !name.contains('%') && name != "." && name != "..", "may not contain '/' or '%'")
-        }
+        "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding" => (
+            !name.contains('/') && !name.contains('%') && name != "." && name != "..",
+            "may not contain '/' or '%'",
+        ),
         _ => (is_dns_subdomain(name), DNS_SUBDOMAIN_MSG),
     };
     (!ok).then(|| Cause::invalid(field, name, msg))
@@ -72,14 +80,18 @@ fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
 
 /// Set `path` to `default` when missing or null, creating parent maps.
 fn set_default(v: &mut Value, path: &[&str], default: Value) {
-    let Some((last, parents)) = path.split_last() else { return };
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
     let mut cur = v;
     for p in parents {
         if !cur.is_object() {
             return;
         }
         let m = cur.as_object_mut().expect("object");
-        cur = m.entry(p.to_string()).or_insert_with(|| Value::Object(Map::new()));
+        cur = m
+            .entry(p.to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
         if cur.is_null() {
             *cur = Value::Object(Map::new());
         }
@@ -123,10 +135,16 @@ fn default_container(c: &mut Value) {
     if let Some(img) = str_at(c, &["image"]).map(str::to_string) {
         set_default(c, &["imagePullPolicy"], json!(image_pull_policy(&img)));
     }
-    set_default(c, &["terminationMessagePath"], json!("/dev/termination-log"));
+    set_default(
+        c,
+        &["terminationMessagePath"],
+        json!("/dev/termination-log"),
+    );
     set_default(c, &["terminationMessagePolicy"], json!("File"));
     set_default(c, &["resources"], json!({}));
-    for_each_mut(c, &["ports"], |p| set_default(p, &["protocol"], json!("TCP")));
+    for_each_mut(c, &["ports"], |p| {
+        set_default(p, &["protocol"], json!("TCP"))
+    });
 }
 
 fn default_pod_spec(spec: &mut Value) {
@@ -178,8 +196,16 @@ pub fn default_object(info: &ResourceInfo, obj: &mut Value) {
                 set_default(obj, &["spec", "progressDeadlineSeconds"], json!(600));
                 set_default(obj, &["spec", "strategy", "type"], json!("RollingUpdate"));
                 if str_at(obj, &["spec", "strategy", "type"]) == Some("RollingUpdate") {
-                    set_default(obj, &["spec", "strategy", "rollingUpdate", "maxUnavailable"], json!("25%"));
-                    set_default(obj, &["spec", "strategy", "rollingUpdate", "maxSurge"], json!("25%"));
+                    set_default(
+                        obj,
+                        &["spec", "strategy", "rollingUpdate", "maxUnavailable"],
+                        json!("25%"),
+                    );
+                    set_default(
+                        obj,
+                        &["spec", "strategy", "rollingUpdate", "maxSurge"],
+                        json!("25%"),
+                    );
                 }
             }
             if info.kind == "ReplicaSet" {
@@ -187,7 +213,11 @@ pub fn default_object(info: &ResourceInfo, obj: &mut Value) {
                     m.remove("revisionHistoryLimit");
                 }
             }
-            if let Some(spec) = obj.get_mut("spec").and_then(|s| s.get_mut("template")).and_then(|t| t.get_mut("spec")) {
+            if let Some(spec) = obj
+                .get_mut("spec")
+                .and_then(|s| s.get_mut("template"))
+                .and_then(|t| t.get_mut("spec"))
+            {
                 default_pod_spec(spec);
             }
         }
@@ -197,7 +227,11 @@ pub fn default_object(info: &ResourceInfo, obj: &mut Value) {
             set_default(obj, &["spec", "backoffLimit"], json!(6));
             set_default(obj, &["spec", "completionMode"], json!("NonIndexed"));
             set_default(obj, &["spec", "suspend"], json!(false));
-            if let Some(spec) = obj.get_mut("spec").and_then(|s| s.get_mut("template")).and_then(|t| t.get_mut("spec")) {
+            if let Some(spec) = obj
+                .get_mut("spec")
+                .and_then(|s| s.get_mut("template"))
+                .and_then(|t| t.get_mut("spec"))
+            {
                 default_pod_spec(spec);
             }
         }
@@ -234,9 +268,16 @@ fn check_labels(obj: &Value, causes: &mut Vec<Cause>) {
         }
     }
     if let Some(ann) = get(obj, &["metadata", "annotations"]).and_then(Value::as_object) {
-        let total: usize = ann.iter().map(|(k, v)| k.len() + v.as_str().map_or(0, str::len)).sum();
+        let total: usize = ann
+            .iter()
+            .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+            .sum();
         if total > 256 * 1024 {
-            causes.push(Cause { reason: "FieldValueTooLong", field: "metadata.annotations".into(), message: "Too long: must have at most 262144 bytes".into() });
+            causes.push(Cause {
+                reason: "FieldValueTooLong",
+                field: "metadata.annotations".into(),
+                message: "Too long: must have at most 262144 bytes".into(),
+            });
         }
         for k in ann.keys() {
             if !is_qualified_name(&k.to_ascii_lowercase()) {
@@ -255,11 +296,19 @@ fn check_containers(spec: &Value, base: &str, causes: &mut Vec<Cause>) {
     }
     let mut names = std::collections::HashSet::new();
     for list in ["initContainers", "containers"] {
-        for (i, c) in spec.get(list).and_then(Value::as_array).into_iter().flatten().enumerate() {
+        for (i, c) in spec
+            .get(list)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
             let f = format!("{base}.{list}[{i}]");
             match c.get("name").and_then(Value::as_str) {
                 None | Some("") => causes.push(Cause::required(format!("{f}.name"))),
-                Some(n) if !is_dns_label(n) => causes.push(Cause::invalid(format!("{f}.name"), n, DNS_LABEL_MSG)),
+                Some(n) if !is_dns_label(n) => {
+                    causes.push(Cause::invalid(format!("{f}.name"), n, DNS_LABEL_MSG))
+                }
                 Some(n) => {
                     if !names.insert(n.to_string()) {
                         causes.push(Cause::duplicate(format!("{f}.name"), n));
@@ -268,30 +317,56 @@ fn check_containers(spec: &Value, base: &str, causes: &mut Vec<Cause>) {
             }
             match c.get("image").and_then(Value::as_str) {
                 None | Some("") => causes.push(Cause::required(format!("{f}.image"))),
-                Some(img) if img.trim() != img => causes.push(Cause::invalid(format!("{f}.image"), img, "must not have leading or trailing whitespace")),
+                Some(img) if img.trim() != img => causes.push(Cause::invalid(
+                    format!("{f}.image"),
+                    img,
+                    "must not have leading or trailing whitespace",
+                )),
                 _ => {}
             }
-            for (j, p) in c.get("ports").and_then(Value::as_array).into_iter().flatten().enumerate() {
+            for (j, p) in c
+                .get("ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
                 let cp = p.get("containerPort").and_then(Value::as_i64).unwrap_or(0);
                 if !(1..=65535).contains(&cp) {
-                    causes.push(Cause::invalid(format!("{f}.ports[{j}].containerPort"), cp, "must be between 1 and 65535, inclusive"));
+                    causes.push(Cause::invalid(
+                        format!("{f}.ports[{j}].containerPort"),
+                        cp,
+                        "must be between 1 and 65535, inclusive",
+                    ));
                 }
                 if let Some(pr) = p.get("protocol").and_then(Value::as_str) {
                     if !["TCP", "UDP", "SCTP"].contains(&pr) {
-                        causes.push(Cause::not_supported(format!("{f}.ports[{j}].protocol"), pr, &["SCTP", "TCP", "UDP"]));
+                        causes.push(Cause::not_supported(
+                            format!("{f}.ports[{j}].protocol"),
+                            pr,
+                            &["SCTP", "TCP", "UDP"],
+                        ));
                     }
                 }
             }
             if let Some(pol) = c.get("imagePullPolicy").and_then(Value::as_str) {
                 if !["Always", "IfNotPresent", "Never"].contains(&pol) {
-                    causes.push(Cause::not_supported(format!("{f}.imagePullPolicy"), pol, &["Always", "IfNotPresent", "Never"]));
+                    causes.push(Cause::not_supported(
+                        format!("{f}.imagePullPolicy"),
+                        pol,
+                        &["Always", "IfNotPresent", "Never"],
+                    ));
                 }
             }
         }
     }
     if let Some(rp) = spec.get("restartPolicy").and_then(Value::as_str) {
         if !["Always", "OnFailure", "Never"].contains(&rp) {
-            causes.push(Cause::not_supported(format!("{base}.restartPolicy"), rp, &["Always", "OnFailure", "Never"]));
+            causes.push(Cause::not_supported(
+                format!("{base}.restartPolicy"),
+                rp,
+                &["Always", "OnFailure", "Never"],
+            ));
         }
     }
 }
@@ -304,20 +379,32 @@ fn check_selector_matches_template(obj: &Value, causes: &mut Vec<Cause>, require
         }
         return;
     };
-    let template_labels = get(obj, &["spec", "template", "metadata", "labels"]).and_then(Value::as_object);
+    let template_labels =
+        get(obj, &["spec", "template", "metadata", "labels"]).and_then(Value::as_object);
     let match_labels = sel.get("matchLabels").and_then(Value::as_object);
     let exprs = sel.get("matchExpressions").and_then(Value::as_array);
     if match_labels.is_none_or(|m| m.is_empty()) && exprs.is_none_or(|e| e.is_empty()) {
-        causes.push(Cause::invalid("spec.selector", "{}", "empty selector is invalid for deployment"));
+        causes.push(Cause::invalid(
+            "spec.selector",
+            "{}",
+            "empty selector is invalid for deployment",
+        ));
         return;
     }
     match super::selector::LabelSelector::from_json(sel) {
         Ok(s) => {
             if !s.matches(template_labels) {
                 let shown = template_labels.map(|m| {
-                    m.iter().map(|(k, v)| format!("{k}:{}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(",")
+                    m.iter()
+                        .map(|(k, v)| format!("{k}:{}", v.as_str().unwrap_or("")))
+                        .collect::<Vec<_>>()
+                        .join(",")
                 });
-                causes.push(Cause::invalid("spec.template.metadata.labels", format!("map[{}]", shown.unwrap_or_default()), "`selector` does not match template `labels`"));
+                causes.push(Cause::invalid(
+                    "spec.template.metadata.labels",
+                    format!("map[{}]", shown.unwrap_or_default()),
+                    "`selector` does not match template `labels`",
+                ));
             }
         }
         Err(e) => causes.push(Cause::invalid("spec.selector", "", e)),
@@ -341,13 +428,21 @@ pub fn validate(info: &ResourceInfo, obj: &Value) -> Vec<Cause> {
             }
             if let Some(r) = get(obj, &["spec", "replicas"]).and_then(Value::as_i64) {
                 if r < 0 {
-                    causes.push(Cause::invalid("spec.replicas", r, "must be greater than or equal to 0"));
+                    causes.push(Cause::invalid(
+                        "spec.replicas",
+                        r,
+                        "must be greater than or equal to 0",
+                    ));
                 }
             }
             if info.kind == "Deployment" || info.kind == "DaemonSet" {
                 if let Some(rp) = str_at(obj, &["spec", "template", "spec", "restartPolicy"]) {
                     if rp != "Always" {
-                        causes.push(Cause::not_supported("spec.template.spec.restartPolicy", rp, &["Always"]));
+                        causes.push(Cause::not_supported(
+                            "spec.template.spec.restartPolicy",
+                            rp,
+                            &["Always"],
+                        ));
                     }
                 }
             }
@@ -359,14 +454,22 @@ pub fn validate(info: &ResourceInfo, obj: &Value) -> Vec<Cause> {
             }
             match str_at(obj, &["spec", "template", "spec", "restartPolicy"]) {
                 Some("Never") | Some("OnFailure") => {}
-                Some(rp) => causes.push(Cause::not_supported("spec.template.spec.restartPolicy", rp, &["OnFailure", "Never"])),
+                Some(rp) => causes.push(Cause::not_supported(
+                    "spec.template.spec.restartPolicy",
+                    rp,
+                    &["OnFailure", "Never"],
+                )),
                 None => causes.push(Cause::required("spec.template.spec.restartPolicy")),
             }
         }
         "Service" => {
             let ty = str_at(obj, &["spec", "type"]).unwrap_or("ClusterIP");
             if !["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"].contains(&ty) {
-                causes.push(Cause::not_supported("spec.type", ty, &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"]));
+                causes.push(Cause::not_supported(
+                    "spec.type",
+                    ty,
+                    &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"],
+                ));
             }
             let ports = get(obj, &["spec", "ports"]).and_then(Value::as_array);
             let headless = str_at(obj, &["spec", "clusterIP"]) == Some("None");
@@ -378,22 +481,44 @@ pub fn validate(info: &ResourceInfo, obj: &Value) -> Vec<Cause> {
             for (i, p) in ports.into_iter().flatten().enumerate() {
                 let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
                 if !(1..=65535).contains(&port) {
-                    causes.push(Cause::invalid(format!("spec.ports[{i}].port"), port, "must be between 1 and 65535, inclusive"));
+                    causes.push(Cause::invalid(
+                        format!("spec.ports[{i}].port"),
+                        port,
+                        "must be between 1 and 65535, inclusive",
+                    ));
                 }
                 let name = p.get("name").and_then(Value::as_str).unwrap_or("");
                 if multi && name.is_empty() {
                     causes.push(Cause::required(format!("spec.ports[{i}].name")));
                 }
-                if !seen.insert((port, p.get("protocol").and_then(Value::as_str).unwrap_or("TCP").to_string())) {
-                    causes.push(Cause::duplicate(format!("spec.ports[{i}]"), format!("{port}")));
+                if !seen.insert((
+                    port,
+                    p.get("protocol")
+                        .and_then(Value::as_str)
+                        .unwrap_or("TCP")
+                        .to_string(),
+                )) {
+                    causes.push(Cause::duplicate(
+                        format!("spec.ports[{i}]"),
+                        format!("{port}"),
+                    ));
                 }
             }
         }
         "ConfigMap" | "Secret" => {
             let mut keys = std::collections::HashSet::new();
             for part in ["data", "binaryData", "stringData"] {
-                for k in obj.get(part).and_then(Value::as_object).into_iter().flatten().map(|(k, _)| k) {
-                    let ok = !k.is_empty() && k.len() <= 253 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+                for k in obj
+                    .get(part)
+                    .and_then(Value::as_object)
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, _)| k)
+                {
+                    let ok = !k.is_empty()
+                        && k.len() <= 253
+                        && k.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
                     if !ok {
                         causes.push(Cause::invalid(format!("{part}[{k}]"), k, "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"));
                     }
@@ -438,31 +563,42 @@ pub fn validate_update(info: &ResourceInfo, old: &Value, new: &Value) -> Vec<Cau
             let old_node = str_at(old, &["spec", "nodeName"]).unwrap_or("");
             let new_node = str_at(new, &["spec", "nodeName"]).unwrap_or("");
             if !old_node.is_empty() && old_node != new_node {
-                causes.push(Cause::forbidden("spec.nodeName", "field is immutable once set"));
+                causes.push(Cause::forbidden(
+                    "spec.nodeName",
+                    "field is immutable once set",
+                ));
             }
         }
-        "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet" | "Job" => {
-            if get(old, &["spec", "selector"]) != get(new, &["spec", "selector"]) {
-                causes.push(Cause::invalid("spec.selector", "", "field is immutable"));
-            }
+        "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet" | "Job"
+            if get(old, &["spec", "selector"]) != get(new, &["spec", "selector"]) =>
+        {
+            causes.push(Cause::invalid("spec.selector", "", "field is immutable"));
         }
         "Service" => {
             let o = str_at(old, &["spec", "clusterIP"]);
             let n = str_at(new, &["spec", "clusterIP"]);
             if o.is_some() && o != Some("") && n != o {
-                causes.push(Cause::invalid("spec.clusterIP", n.unwrap_or(""), "field is immutable"));
+                causes.push(Cause::invalid(
+                    "spec.clusterIP",
+                    n.unwrap_or(""),
+                    "field is immutable",
+                ));
             }
         }
-        "ConfigMap" | "Secret" => {
-            if old.get("immutable").and_then(Value::as_bool) == Some(true) {
-                for part in ["data", "binaryData"] {
-                    if old.get(part) != new.get(part) {
-                        causes.push(Cause::forbidden(part, "field is immutable when `immutable` is set"));
-                    }
+        "ConfigMap" | "Secret" if old.get("immutable").and_then(Value::as_bool) == Some(true) => {
+            for part in ["data", "binaryData"] {
+                if old.get(part) != new.get(part) {
+                    causes.push(Cause::forbidden(
+                        part,
+                        "field is immutable when `immutable` is set",
+                    ));
                 }
-                if new.get("immutable").and_then(Value::as_bool) != Some(true) {
-                    causes.push(Cause::forbidden("immutable", "field is immutable when `immutable` is set"));
-                }
+            }
+            if new.get("immutable").and_then(Value::as_bool) != Some(true) {
+                causes.push(Cause::forbidden(
+                    "immutable",
+                    "field is immutable when `immutable` is set",
+                ));
             }
         }
         _ => {}

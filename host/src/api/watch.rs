@@ -26,8 +26,17 @@ impl Render {
         let object = match self.format {
             Format::Json => obj,
             Format::Table(inc) => {
-                let rv = object::meta_str(&obj, "resourceVersion").unwrap_or("").to_string();
-                table::table(self.kind, &self.api_version, &[obj], inc, json!({"resourceVersion": rv}), chrono::Utc::now())
+                let rv = object::meta_str(&obj, "resourceVersion")
+                    .unwrap_or("")
+                    .to_string();
+                table::table(
+                    self.kind,
+                    &self.api_version,
+                    &[obj],
+                    inc,
+                    json!({"resourceVersion": rv}),
+                    chrono::Utc::now(),
+                )
             }
         };
         line(&json!({"type": ty, "object": object}))
@@ -38,7 +47,9 @@ impl Render {
         if initial_end {
             meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
-        line(&json!({"type": "BOOKMARK", "object": {"kind": self.kind, "apiVersion": self.api_version, "metadata": meta}}))
+        line(
+            &json!({"type": "BOOKMARK", "object": {"kind": self.kind, "apiVersion": self.api_version, "metadata": meta}}),
+        )
     }
 }
 
@@ -52,11 +63,19 @@ fn error_event(e: &ApiError) -> Bytes {
     line(&json!({"type": "ERROR", "object": e.status()}))
 }
 
-fn streaming(first: Vec<Bytes>, rest: impl futures::Stream<Item = Bytes> + Send + 'static) -> Response {
-    let s = futures::stream::iter(first).chain(rest).map(Ok::<_, std::convert::Infallible>);
+fn streaming(
+    first: Vec<Bytes>,
+    rest: impl futures::Stream<Item = Bytes> + Send + 'static,
+) -> Response {
+    let s = futures::stream::iter(first)
+        .chain(rest)
+        .map(Ok::<_, std::convert::Infallible>);
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-cache, private")],
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-cache, private"),
+        ],
         Body::from_stream(s),
     )
         .into_response()
@@ -64,7 +83,10 @@ fn streaming(first: Vec<Bytes>, rest: impl futures::Stream<Item = Bytes> + Send 
 
 /// Turn one store event into a watch event for this watcher, if any.
 fn translate(e: &Event, sel: &Selectors, render: &Render) -> Option<Bytes> {
-    let prev = e.prev.as_ref().and_then(|p| object::from_bytes(p, e.revision).ok());
+    let prev = e
+        .prev
+        .as_ref()
+        .and_then(|p| object::from_bytes(p, e.revision).ok());
     match e.kind {
         EventKind::Delete => {
             let obj = prev?;
@@ -85,19 +107,40 @@ fn translate(e: &Event, sel: &Selectors, render: &Render) -> Option<Bytes> {
 }
 
 /// Serve a watch request.
-pub async fn serve(state: &AppState, t: &Target, query: &Query, format: Format) -> ApiResult<Response> {
+pub async fn serve(
+    state: &AppState,
+    t: &Target,
+    query: &Query,
+    format: Format,
+) -> ApiResult<Response> {
     let sel = Selectors::from_query(t.info, query)?;
-    let ns = t.namespace.as_deref().or_else(|| sel.field.exact("metadata.namespace"));
+    let ns = t
+        .namespace
+        .as_deref()
+        .or_else(|| sel.field.exact("metadata.namespace"));
     let prefix = t.info.prefix(ns);
-    let render = Render { kind: t.info.kind, api_version: t.info.api_version(), format };
-    let bookmarks = matches!(query.get("allowWatchBookmarks").map(String::as_str), Some("true") | Some("1"));
-    let send_initial = matches!(query.get("sendInitialEvents").map(String::as_str), Some("true") | Some("1"));
+    let render = Render {
+        kind: t.info.kind,
+        api_version: t.info.api_version(),
+        format,
+    };
+    let bookmarks = matches!(
+        query.get("allowWatchBookmarks").map(String::as_str),
+        Some("true") | Some("1")
+    );
+    let send_initial = matches!(
+        query.get("sendInitialEvents").map(String::as_str),
+        Some("true") | Some("1")
+    );
     let timeout = query
         .get("timeoutSeconds")
         .and_then(|s| s.parse::<u64>().ok())
         .map(Duration::from_secs)
         .unwrap_or(state.config.default_watch_timeout);
-    let rv = query.get("resourceVersion").map(String::as_str).unwrap_or("");
+    let rv = query
+        .get("resourceVersion")
+        .map(String::as_str)
+        .unwrap_or("");
     let mut first = Vec::new();
     // "" or "0" (or sendInitialEvents): start with the current state as ADDED events.
     let after = if rv.is_empty() || rv == "0" || send_initial {
@@ -163,7 +206,10 @@ pub async fn serve(state: &AppState, t: &Target, query: &Query, format: Format) 
             }
         }
     });
-    Ok(streaming(first, tokio_stream::wrappers::ReceiverStream::new(rx)))
+    Ok(streaming(
+        first,
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+    ))
 }
 
 struct WatchGuard(std::sync::Arc<crate::metrics::Metrics>);

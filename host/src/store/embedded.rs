@@ -53,6 +53,18 @@ pub struct EmbeddedStore {
     events: broadcast::Sender<Arc<Vec<Event>>>,
     revision: Arc<AtomicU64>,
     compacted: Arc<AtomicU64>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        // Close the queue so the writer finishes what it has, then wait for it,
+        // so the database file is released when the store is gone.
+        self.tx = mpsc::unbounded_channel().0;
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
 }
 
 fn backend<E: std::fmt::Display>(e: E) -> StoreError {
@@ -129,7 +141,11 @@ fn decode_events(revision: Revision, mut raw: &[u8]) -> Result<Vec<Event>, Store
         if raw.len() < 9 {
             return Err(bad());
         }
-        let kind = if raw[0] == 0 { EventKind::Put } else { EventKind::Delete };
+        let kind = if raw[0] == 0 {
+            EventKind::Put
+        } else {
+            EventKind::Delete
+        };
         let create_revision = u64::from_le_bytes(raw[1..9].try_into().map_err(|_| bad())?);
         raw = &raw[9..];
         let key = take_chunk(&mut raw).flatten().ok_or_else(bad)?;
@@ -164,8 +180,16 @@ impl EmbeddedStore {
                 w.open_table(OBJECTS).map_err(backend)?;
                 w.open_table(CHANGES).map_err(backend)?;
                 let meta = w.open_table(META).map_err(backend)?;
-                let r = meta.get("revision").map_err(backend)?.map(|v| v.value()).unwrap_or(0);
-                let c = meta.get("compacted").map_err(backend)?.map(|v| v.value()).unwrap_or(0);
+                let r = meta
+                    .get("revision")
+                    .map_err(backend)?
+                    .map(|v| v.value())
+                    .unwrap_or(0);
+                let c = meta
+                    .get("compacted")
+                    .map_err(backend)?
+                    .map(|v| v.value())
+                    .unwrap_or(0);
                 (r, c)
             };
             w.commit().map_err(backend)?;
@@ -185,18 +209,21 @@ impl EmbeddedStore {
             history: options.history.max(1),
             observer,
         };
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer.run())
             .map_err(backend)?;
-        Ok(EmbeddedStore { db, tx, events, revision, compacted })
+        Ok(EmbeddedStore {
+            db,
+            tx,
+            events,
+            revision,
+            compacted,
+            writer: Some(writer),
+        })
     }
 
-    fn read_changes(
-        &self,
-        after: Revision,
-        upto: Revision,
-    ) -> Result<Vec<Event>, StoreError> {
+    fn read_changes(&self, after: Revision, upto: Revision) -> Result<Vec<Event>, StoreError> {
         let r = self.db.begin_read().map_err(backend)?;
         let t = r.open_table(CHANGES).map_err(backend)?;
         let mut out = Vec::new();
@@ -212,7 +239,9 @@ impl Store for EmbeddedStore {
     fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         let r = self.db.begin_read().map_err(backend)?;
         let t = r.open_table(OBJECTS).map_err(backend)?;
-        Ok(t.get(key).map_err(backend)?.map(|v| decode_object(key, v.value())))
+        Ok(t.get(key)
+            .map_err(backend)?
+            .map(|v| decode_object(key, v.value())))
     }
 
     fn list(
@@ -224,8 +253,16 @@ impl Store for EmbeddedStore {
     ) -> Result<ListResult, StoreError> {
         let r = self.db.begin_read().map_err(backend)?;
         let meta = r.open_table(META).map_err(backend)?;
-        let current = meta.get("revision").map_err(backend)?.map(|v| v.value()).unwrap_or(0);
-        let compacted = meta.get("compacted").map_err(backend)?.map(|v| v.value()).unwrap_or(0);
+        let current = meta
+            .get("revision")
+            .map_err(backend)?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        let compacted = meta
+            .get("compacted")
+            .map_err(backend)?
+            .map(|v| v.value())
+            .unwrap_or(0);
         let objects = r.open_table(OBJECTS).map_err(backend)?;
         let at = at.unwrap_or(current);
         if at > current {
@@ -236,7 +273,10 @@ impl Store for EmbeddedStore {
         let mut overlay: std::collections::BTreeMap<String, Option<KeyValue>> = Default::default();
         if at < current {
             if at < compacted {
-                return Err(StoreError::Compacted { requested: at, oldest: compacted });
+                return Err(StoreError::Compacted {
+                    requested: at,
+                    oldest: compacted,
+                });
             }
             let changes = r.open_table(CHANGES).map_err(backend)?;
             for entry in changes.range(at + 1..=current).map_err(backend)? {
@@ -326,7 +366,11 @@ impl Store for EmbeddedStore {
                 }
             }
         }
-        Ok(ListResult { items, revision: at, more })
+        Ok(ListResult {
+            items,
+            revision: at,
+            more,
+        })
     }
 
     fn count(&self, prefix: &str) -> Result<usize, StoreError> {
@@ -357,7 +401,10 @@ impl Store for EmbeddedStore {
         let mut live = self.events.subscribe();
         let oldest = self.compacted.load(Ordering::Acquire);
         if after < oldest {
-            return Err(StoreError::Compacted { requested: after, oldest });
+            return Err(StoreError::Compacted {
+                requested: after,
+                oldest,
+            });
         }
         let current = self.revision.load(Ordering::Acquire);
         if after > current {
@@ -383,7 +430,9 @@ impl Store for EmbeddedStore {
             loop {
                 match live.recv().await {
                     Ok(batch) => {
-                        let Some(top) = batch.last().map(|e| e.revision) else { continue };
+                        let Some(top) = batch.last().map(|e| e.revision) else {
+                            continue;
+                        };
                         let evs = filter(&batch, last);
                         last = last.max(top);
                         if yield_tx.send(Ok(evs)).await.is_err() {
@@ -395,7 +444,10 @@ impl Store for EmbeddedStore {
                         let oldest = compacted.load(Ordering::Acquire);
                         if last < oldest {
                             let _ = yield_tx
-                                .send(Err(StoreError::Compacted { requested: last, oldest }))
+                                .send(Err(StoreError::Compacted {
+                                    requested: last,
+                                    oldest,
+                                }))
                                 .await;
                             return;
                         }
@@ -456,7 +508,10 @@ fn find_mod_revision(
 ) -> Result<Revision, StoreError> {
     for entry in changes.range(compacted + 1..=at).map_err(backend)?.rev() {
         let (rev, raw) = entry.map_err(backend)?;
-        if decode_events(rev.value(), raw.value())?.iter().any(|e| e.key == key) {
+        if decode_events(rev.value(), raw.value())?
+            .iter()
+            .any(|e| e.key == key)
+        {
             return Ok(rev.value());
         }
     }
@@ -516,7 +571,9 @@ impl Writer {
                     match apply_ops(&mut objects, &req.ops, rev + 1) {
                         Ok((res, events)) => {
                             rev += 1;
-                            changes.insert(rev, encode_events(&events).as_slice()).map_err(backend)?;
+                            changes
+                                .insert(rev, encode_events(&events).as_slice())
+                                .map_err(backend)?;
                             all_events.extend(events);
                             outcomes.push((req.reply, Ok(res)));
                         }
@@ -571,7 +628,10 @@ fn apply_ops(
     let mut currents = Vec::with_capacity(ops.len());
     for op in ops {
         let key = op.key();
-        let cur = objects.get(key).map_err(backend)?.map(|v| decode_object(key, v.value()));
+        let cur = objects
+            .get(key)
+            .map_err(backend)?
+            .map(|v| decode_object(key, v.value()));
         let pre = match op {
             Op::Put { precondition, .. } | Op::Delete { precondition, .. } => *precondition,
         };
@@ -583,7 +643,10 @@ fn apply_ops(
             (Precondition::ModRevision(_), None) => false,
         };
         if !ok {
-            return Err(StoreError::Conflict { key: key.to_string(), current: cur.map(Box::new) });
+            return Err(StoreError::Conflict {
+                key: key.to_string(),
+                current: cur.map(Box::new),
+            });
         }
         currents.push(cur);
     }
@@ -622,7 +685,14 @@ fn apply_ops(
             }
         }
     }
-    Ok((TxnResult { revision: rev, create_revisions, prev: currents }, events))
+    Ok((
+        TxnResult {
+            revision: rev,
+            create_revisions,
+            prev: currents,
+        },
+        events,
+    ))
 }
 
 #[cfg(test)]
@@ -630,28 +700,51 @@ mod tests {
     use super::*;
 
     fn put(key: &str, v: &str, p: Precondition) -> Op {
-        Op::Put { key: key.into(), value: Bytes::from(v.to_string()), precondition: p }
+        Op::Put {
+            key: key.into(),
+            value: Bytes::from(v.to_string()),
+            precondition: p,
+        }
     }
 
     fn open(dir: &tempfile::TempDir, history: u64) -> EmbeddedStore {
-        EmbeddedStore::open(&dir.path().join("db.redb"), EmbeddedOptions { history }, None)
-            .unwrap()
+        EmbeddedStore::open(
+            &dir.path().join("db.redb"),
+            EmbeddedOptions { history },
+            None,
+        )
+        .unwrap()
     }
 
     #[tokio::test]
     async fn preconditions_and_revisions() {
         let dir = tempfile::tempdir().unwrap();
         let s = open(&dir, 1000);
-        let r1 = s.txn(vec![put("a/1", "x", Precondition::Absent)]).await.unwrap();
+        let r1 = s
+            .txn(vec![put("a/1", "x", Precondition::Absent)])
+            .await
+            .unwrap();
         assert_eq!(r1.revision, 1);
-        let err = s.txn(vec![put("a/1", "y", Precondition::Absent)]).await.unwrap_err();
+        let err = s
+            .txn(vec![put("a/1", "y", Precondition::Absent)])
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::Conflict { .. }));
-        let err = s.txn(vec![put("a/1", "y", Precondition::ModRevision(7))]).await.unwrap_err();
+        let err = s
+            .txn(vec![put("a/1", "y", Precondition::ModRevision(7))])
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::Conflict { .. }));
-        let r2 = s.txn(vec![put("a/1", "y", Precondition::ModRevision(1))]).await.unwrap();
+        let r2 = s
+            .txn(vec![put("a/1", "y", Precondition::ModRevision(1))])
+            .await
+            .unwrap();
         assert_eq!(r2.revision, 2);
         let kv = s.get("a/1").unwrap().unwrap();
-        assert_eq!((kv.mod_revision, kv.create_revision, &kv.value[..]), (2, 1, &b"y"[..]));
+        assert_eq!(
+            (kv.mod_revision, kv.create_revision, &kv.value[..]),
+            (2, 1, &b"y"[..])
+        );
         assert_eq!(s.current_revision(), 2);
     }
 
@@ -660,19 +753,38 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = open(&dir, 1000);
         for i in 0..5 {
-            s.txn(vec![put(&format!("p/{i}"), &format!("v{i}"), Precondition::None)]).await.unwrap();
-        }
-        s.txn(vec![put("p/0", "changed", Precondition::None)]).await.unwrap();
-        s.txn(vec![Op::Delete { key: "p/3".into(), precondition: Precondition::None }])
+            s.txn(vec![put(
+                &format!("p/{i}"),
+                &format!("v{i}"),
+                Precondition::None,
+            )])
             .await
             .unwrap();
-        s.txn(vec![put("p/9", "new", Precondition::None)]).await.unwrap();
-        s.txn(vec![put("q/1", "other", Precondition::None)]).await.unwrap();
+        }
+        s.txn(vec![put("p/0", "changed", Precondition::None)])
+            .await
+            .unwrap();
+        s.txn(vec![Op::Delete {
+            key: "p/3".into(),
+            precondition: Precondition::None,
+        }])
+        .await
+        .unwrap();
+        s.txn(vec![put("p/9", "new", Precondition::None)])
+            .await
+            .unwrap();
+        s.txn(vec![put("q/1", "other", Precondition::None)])
+            .await
+            .unwrap();
         let now = s.list("p/", None, 0, None).unwrap();
         let keys: Vec<_> = now.items.iter().map(|k| k.key.as_str()).collect();
         assert_eq!(keys, ["p/0", "p/1", "p/2", "p/4", "p/9"]);
         let old = s.list("p/", None, 0, Some(5)).unwrap();
-        let vals: Vec<_> = old.items.iter().map(|k| std::str::from_utf8(&k.value).unwrap()).collect();
+        let vals: Vec<_> = old
+            .items
+            .iter()
+            .map(|k| std::str::from_utf8(&k.value).unwrap())
+            .collect();
         assert_eq!(vals, ["v0", "v1", "v2", "v3", "v4"]);
         assert_eq!(old.items[0].mod_revision, 1);
         let page = s.list("p/", Some("p/1"), 2, Some(5)).unwrap();
@@ -687,7 +799,9 @@ mod tests {
         {
             let s = open(&dir, 1000);
             for i in 0..3 {
-                s.txn(vec![put(&format!("w/{i}"), "v", Precondition::None)]).await.unwrap();
+                s.txn(vec![put(&format!("w/{i}"), "v", Precondition::None)])
+                    .await
+                    .unwrap();
             }
         }
         let s = open(&dir, 1000);
@@ -695,8 +809,12 @@ mod tests {
         let mut w = s.watch("w/", 1).unwrap();
         let first = w.next().await.unwrap().unwrap();
         assert_eq!(first.iter().map(|e| e.revision).collect::<Vec<_>>(), [2, 3]);
-        s.txn(vec![put("x/1", "v", Precondition::None)]).await.unwrap();
-        s.txn(vec![put("w/9", "v", Precondition::None)]).await.unwrap();
+        s.txn(vec![put("x/1", "v", Precondition::None)])
+            .await
+            .unwrap();
+        s.txn(vec![put("w/9", "v", Precondition::None)])
+            .await
+            .unwrap();
         let mut seen = Vec::new();
         while seen.is_empty() {
             seen = w.next().await.unwrap().unwrap();
@@ -710,10 +828,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = open(&dir, 10);
         for i in 0..1100 {
-            s.txn(vec![put(&format!("c/{}", i % 7), "v", Precondition::None)]).await.unwrap();
+            s.txn(vec![put(&format!("c/{}", i % 7), "v", Precondition::None)])
+                .await
+                .unwrap();
         }
         assert!(s.oldest_revision() > 0);
-        assert!(matches!(s.watch("c/", 1), Err(StoreError::Compacted { .. })));
+        assert!(matches!(
+            s.watch("c/", 1),
+            Err(StoreError::Compacted { .. })
+        ));
         assert!(s.watch("c/", s.current_revision() - 5).is_ok());
     }
 
@@ -725,7 +848,9 @@ mod tests {
         for i in 0..200 {
             let s = s.clone();
             handles.push(tokio::spawn(async move {
-                s.txn(vec![put(&format!("b/{i:03}"), "v", Precondition::Absent)]).await.unwrap()
+                s.txn(vec![put(&format!("b/{i:03}"), "v", Precondition::Absent)])
+                    .await
+                    .unwrap()
             }));
         }
         let mut revs: Vec<_> = Vec::new();

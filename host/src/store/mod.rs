@@ -41,9 +41,16 @@ pub enum Precondition {
 #[derive(Debug, Clone)]
 pub enum Op {
     /// Create or replace the value at `key`.
-    Put { key: String, value: Bytes, precondition: Precondition },
+    Put {
+        key: String,
+        value: Bytes,
+        precondition: Precondition,
+    },
     /// Remove `key`.
-    Delete { key: String, precondition: Precondition },
+    Delete {
+        key: String,
+        precondition: Precondition,
+    },
 }
 
 impl Op {
@@ -108,10 +115,16 @@ pub struct TxnResult {
 pub enum StoreError {
     /// A precondition failed; carries the index of the op and the current value.
     #[error("precondition failed on {key}")]
-    Conflict { key: String, current: Option<Box<KeyValue>> },
+    Conflict {
+        key: String,
+        current: Option<Box<KeyValue>>,
+    },
     /// The requested revision is older than the retained history.
     #[error("required revision {requested} has been compacted (oldest available is {oldest})")]
-    Compacted { requested: Revision, oldest: Revision },
+    Compacted {
+        requested: Revision,
+        oldest: Revision,
+    },
     /// The requested revision is in the future.
     #[error("revision {0} is newer than the store's current revision")]
     FutureRevision(Revision),
@@ -143,7 +156,10 @@ pub trait Store: Send + Sync + 'static {
     /// Count keys under a prefix.
     fn count(&self, prefix: &str) -> Result<usize, StoreError>;
     /// Apply ops atomically and durably; all preconditions must hold.
-    fn txn(&self, ops: Vec<Op>) -> futures::future::BoxFuture<'static, Result<TxnResult, StoreError>>;
+    fn txn(
+        &self,
+        ops: Vec<Op>,
+    ) -> futures::future::BoxFuture<'static, Result<TxnResult, StoreError>>;
     /// Events for keys under `prefix` with revision greater than `after`.
     fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError>;
     /// The current revision.
