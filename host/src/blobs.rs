@@ -27,8 +27,14 @@ pub fn digest_of(bytes: &[u8]) -> String {
 }
 
 fn hex_part(digest: &str) -> Result<&str, BlobError> {
-    let hex = digest.strip_prefix("sha256:").ok_or_else(|| BlobError::BadDigest(digest.into()))?;
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    let hex = digest
+        .strip_prefix("sha256:")
+        .ok_or_else(|| BlobError::BadDigest(digest.into()))?;
+    if hex.len() != 64
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         return Err(BlobError::BadDigest(digest.into()));
     }
     Ok(hex)
@@ -48,7 +54,9 @@ pub struct BlobStore {
 impl BlobStore {
     /// A store rooted at `dir` (created on first write).
     pub fn new(dir: &Path) -> BlobStore {
-        BlobStore { dir: dir.to_path_buf() }
+        BlobStore {
+            dir: dir.to_path_buf(),
+        }
     }
 
     fn path(&self, digest: &str) -> Result<PathBuf, BlobError> {
@@ -60,7 +68,10 @@ impl BlobStore {
         let path = self.path(digest)?;
         let actual = digest_of(bytes);
         if actual != digest {
-            return Err(BlobError::Mismatch { expected: digest.into(), actual });
+            return Err(BlobError::Mismatch {
+                expected: digest.into(),
+                actual,
+            });
         }
         if path.exists() {
             return Ok(());
@@ -80,7 +91,9 @@ impl BlobStore {
         let path = self.path(digest)?;
         match std::fs::read(&path) {
             Ok(b) => Ok(b),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(BlobError::NotFound(digest.into())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(BlobError::NotFound(digest.into()))
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -102,8 +115,14 @@ mod tests {
         let d = digest_of(b"hello");
         s.put(&d, b"hello").unwrap();
         assert_eq!(s.get(&d).unwrap(), b"hello");
-        assert!(matches!(s.put(&d, b"other"), Err(BlobError::Mismatch { .. })));
+        assert!(matches!(
+            s.put(&d, b"other"),
+            Err(BlobError::Mismatch { .. })
+        ));
         assert!(matches!(s.get("sha256:zz"), Err(BlobError::BadDigest(_))));
-        assert!(matches!(s.get(&digest_of(b"x")), Err(BlobError::NotFound(_))));
+        assert!(matches!(
+            s.get(&digest_of(b"x")),
+            Err(BlobError::NotFound(_))
+        ));
     }
 }

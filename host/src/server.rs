@@ -179,6 +179,7 @@ pub async fn run(
         store: store.clone(),
         metrics,
         config: config.api.clone(),
+        hooks: Default::default(),
     });
     let ctrl_stop = controllers::spawn(state.clone());
     let app = api::router(state);

@@ -33,6 +33,7 @@ async fn harness(config: ApiConfig) -> Harness {
         store,
         metrics: Arc::new(Metrics::new()),
         config,
+        hooks: Default::default(),
     });
     let h = Harness {
         app: api::router(state.clone()),

@@ -232,12 +232,14 @@ fn decode_body(ct: &str, body: &[u8]) -> ApiResult<Value> {
     let v: Value = match ct {
         "application/yaml" | "application/x-yaml" | "text/yaml" => serde_yaml::from_slice(body)
             .map_err(|e| ApiError::BadRequest(format!("the body of the request was in an unknown format: {e}")))?,
+        super::protobuf::MEDIA_TYPE => super::protobuf::decode(body)
+            .map_err(|e| ApiError::BadRequest(format!("the body of the request could not be decoded as protobuf: {e}")))?,
         "application/json" | "" | "*/*" => serde_json::from_slice(body).map_err(|e| {
             ApiError::BadRequest(format!("the body of the request could not be decoded as JSON: {e}"))
         })?,
         other => {
             return Err(ApiError::UnsupportedMediaType(format!(
-                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {other})"
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {other})"
             )))
         }
     };
@@ -758,6 +760,7 @@ async fn create(state: &AppState, t: &Target, obj: Value, query: &Query) -> ApiR
         check_namespace(state, ns)?;
     }
     let name = meta_str(&obj, "name").unwrap_or("").to_string();
+    check_plugin_module(state, t.info, None, &obj, &name).await?;
     let key = t.info.key(ns, &name);
     if dry_run(query) {
         return Ok(obj);
@@ -788,6 +791,49 @@ async fn create(state: &AppState, t: &Target, obj: Value, query: &Query) -> ApiR
         }),
         Err(e) => Err(e.into()),
     }
+}
+
+/// For Plugin objects whose module or kind changes: the module must be in the
+/// blob store and be a component of the kind's world.
+async fn check_plugin_module(
+    state: &AppState,
+    info: &ResourceInfo,
+    old: Option<&Value>,
+    new: &Value,
+    name: &str,
+) -> ApiResult<()> {
+    if info.kind != "Plugin" {
+        return Ok(());
+    }
+    let Some(check) = state.hooks.plugin_check.clone() else {
+        return Ok(());
+    };
+    let field = |v: &Value, f: &str| {
+        v.get("spec")
+            .and_then(|s| s.get(f))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let (kind, digest) = (field(new, "kind"), field(new, "digest"));
+    if old.is_some_and(|o| field(o, "kind") == kind && field(o, "digest") == digest) {
+        return Ok(());
+    }
+    let d = digest.clone();
+    let verdict = tokio::task::spawn_blocking(move || check(&kind, &d))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    verdict.map_err(|reason| {
+        invalid(
+            info,
+            name,
+            vec![Cause {
+                reason: "FieldValueInvalid",
+                field: "spec.digest".into(),
+                message: format!("Invalid value: \"{digest}\": {reason}"),
+            }],
+        )
+    })
 }
 
 /// The `default` ServiceAccount of a namespace.
@@ -894,6 +940,9 @@ async fn write_update(
         if g > 0 {
             meta_mut(&mut new).insert("generation".into(), json!(g + 1));
         }
+    }
+    if t.sub.is_none() {
+        check_plugin_module(state, info, Some(old), &new, &name).await?;
     }
     object::set_resource_version(&mut new, current.mod_revision);
     if &new == old {

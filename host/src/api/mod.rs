@@ -1,9 +1,11 @@
 //! The Kubernetes-compatible REST API.
 
+pub mod blobs;
 pub mod discovery;
 pub mod error;
 pub mod handlers;
 pub mod object;
+pub mod protobuf;
 pub mod resources;
 pub mod selector;
 pub mod strategic;
@@ -52,6 +54,21 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Configuration.
     pub config: ApiConfig,
+    /// Extension points wired by the server (plugin checks, blob store).
+    pub hooks: Hooks,
+}
+
+/// Checks a Plugin object's module: `(kind, digest) -> Err(reason)` when the
+/// module is missing or is not a component of the world for `kind`.
+pub type PluginCheck = Arc<dyn Fn(&str, &str) -> Result<(), String> + Send + Sync>;
+
+/// Optional parts of the API server, absent in minimal test setups.
+#[derive(Default, Clone)]
+pub struct Hooks {
+    /// Content-addressed store for plugin modules (`/shoal/v1/blobs/<digest>`).
+    pub blobs: Option<crate::blobs::BlobStore>,
+    /// Validates plugin modules at Plugin create/update.
+    pub plugin_check: Option<PluginCheck>,
 }
 
 /// The API router. Health endpoints are open; everything else needs an identity.
@@ -61,6 +78,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/livez", get(health))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
+        .route(
+            "/shoal/v1/blobs/{digest}",
+            get(blobs::get_blob)
+                .head(blobs::head_blob)
+                .put(blobs::put_blob),
+        )
         .fallback(api)
         .with_state(state)
 }

@@ -528,9 +528,74 @@ pub fn validate(info: &ResourceInfo, obj: &Value) -> Vec<Cause> {
                 }
             }
         }
+        "Plugin" => check_plugin(obj, &mut causes),
         _ => {}
     }
     causes
+}
+
+/// Plugin kinds, one per WIT world.
+pub const PLUGIN_KINDS: &[&str] = &["scheduler", "admission", "authorizer", "router"];
+
+fn check_plugin(obj: &Value, causes: &mut Vec<Cause>) {
+    let Some(spec) = obj.get("spec").filter(|s| s.is_object()) else {
+        causes.push(Cause::required("spec"));
+        return;
+    };
+    match spec.get("kind").and_then(Value::as_str) {
+        None => causes.push(Cause::required("spec.kind")),
+        Some(k) if !PLUGIN_KINDS.contains(&k) => {
+            causes.push(Cause::not_supported("spec.kind", k, PLUGIN_KINDS))
+        }
+        _ => {}
+    }
+    match spec.get("digest").and_then(Value::as_str) {
+        None => causes.push(Cause::required("spec.digest")),
+        Some(d) => {
+            if let Err(e) = crate::blobs::check_digest(d) {
+                causes.push(Cause::invalid("spec.digest", d, e));
+            }
+        }
+    }
+    if let Some(p) = spec.get("profiles") {
+        match p.as_array() {
+            Some(list) => {
+                for (i, v) in list.iter().enumerate() {
+                    match v.as_str() {
+                        Some(s) if is_dns_subdomain(s) => {}
+                        _ => causes.push(Cause::invalid(
+                            format!("spec.profiles[{i}]"),
+                            v,
+                            DNS_SUBDOMAIN_MSG,
+                        )),
+                    }
+                }
+            }
+            None => causes.push(Cause::invalid(
+                "spec.profiles",
+                p,
+                "must be a list of scheduler profile names",
+            )),
+        }
+    }
+    if let Some(w) = spec.get("weight") {
+        if !w.as_i64().is_some_and(|w| (1..=100).contains(&w)) {
+            causes.push(Cause::invalid(
+                "spec.weight",
+                w,
+                "must be an integer from 1 to 100",
+            ));
+        }
+    }
+    if let Some(t) = spec.get("timeoutSeconds") {
+        if !t.as_f64().is_some_and(|t| t > 0.0 && t <= 30.0) {
+            causes.push(Cause::invalid(
+                "spec.timeoutSeconds",
+                t,
+                "must be greater than 0 and at most 30",
+            ));
+        }
+    }
 }
 
 /// Rules that compare the new object to the old one (immutable fields).
