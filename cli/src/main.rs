@@ -42,6 +42,10 @@ struct ServerArgs {
     /// Largest accepted request body, in bytes.
     #[arg(long, default_value_t = 3 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// Run the built-in scheduler policies compiled natively instead of as Wasm
+    /// (for benchmarking the Wasm overhead).
+    #[arg(long, hide = true)]
+    native_policies: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -81,6 +85,9 @@ async fn run_server(a: ServerArgs) -> anyhow::Result<()> {
             ..ApiConfig::default()
         },
         watch_history: a.watch_history,
+        scheduler: shoal_host::scheduler::SchedulerConfig {
+            native_builtins: a.native_policies,
+        },
     };
     server::run(config, shutdown_signal(), |r| {
         println!(

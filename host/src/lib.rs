@@ -3,8 +3,12 @@
 
 pub mod api;
 pub mod auth;
+pub mod blobs;
 pub mod controllers;
 pub mod metrics;
 pub mod pki;
+pub mod plugin;
+pub mod plugin_objects;
+pub mod scheduler;
 pub mod server;
 pub mod store;

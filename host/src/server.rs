@@ -3,9 +3,12 @@
 
 use crate::api::{self, handlers, ApiConfig, AppState};
 use crate::auth::Identity;
+use crate::blobs::BlobStore;
 use crate::controllers;
 use crate::metrics::Metrics;
 use crate::pki::{self, Pki};
+use crate::plugin::{PluginRuntime, RuntimeConfig};
+use crate::plugin_objects;
 use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
 use crate::store::{Op, Precondition, Store, StoreError};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -29,6 +32,8 @@ pub struct ServerConfig {
     pub api: ApiConfig,
     /// Revisions of change log kept for watch resume.
     pub watch_history: u64,
+    /// Scheduler options.
+    pub scheduler: crate::scheduler::SchedulerConfig,
 }
 
 /// Errors starting the server.
@@ -46,6 +51,12 @@ pub enum ServerError {
     /// Store failure.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Plugin runtime failure.
+    #[error(transparent)]
+    Plugin(#[from] crate::plugin::PluginError),
+    /// Bootstrapping objects failed.
+    #[error("bootstrap: {0}")]
+    Bootstrap(String),
 }
 
 /// What a started server tells its caller.
@@ -175,13 +186,35 @@ pub async fn run(
         &pki::kubeconfig("shoal", &server_url, &pki.ca_cert, "admin", &admin),
     )?;
 
+    let blobs = BlobStore::new(&dir.join("blobs"));
+    let runtime = Arc::new(PluginRuntime::new(RuntimeConfig {
+        cache_dir: Some(dir.join("plugin-cache")),
+        limits: Default::default(),
+    })?);
+    let hooks = api::Hooks {
+        blobs: Some(blobs.clone()),
+        plugin_check: Some(plugin_objects::module_check(runtime.clone(), blobs.clone())),
+    };
     let state = Arc::new(AppState {
         store: store.clone(),
         metrics,
         config: config.api.clone(),
-        hooks: Default::default(),
+        hooks,
     });
+    plugin_objects::bootstrap(&state, &blobs)
+        .await
+        .map_err(|e| ServerError::Bootstrap(format!("{:?}", e.status()["message"])))?;
     let ctrl_stop = controllers::spawn(state.clone());
+    let (plugin_ctl, plugin_set) =
+        plugin_objects::PluginController::new(state.clone(), runtime.clone(), blobs.clone());
+    let plugin_task = tokio::spawn(plugin_ctl.run());
+    let sched_stop = Arc::new(tokio::sync::Notify::new());
+    crate::scheduler::spawn(
+        state.clone(),
+        plugin_set,
+        config.scheduler.clone(),
+        sched_stop.clone(),
+    );
     let app = api::router(state);
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&pki)?));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -234,6 +267,8 @@ pub async fn run(
     }
     drop(listener);
     ctrl_stop.notify_waiters();
+    sched_stop.notify_waiters();
+    plugin_task.abort();
     // In-flight requests get a moment to finish; open watches are cut.
     let _ = tokio::time::timeout(Duration::from_secs(3), graceful.shutdown()).await;
     Ok(())

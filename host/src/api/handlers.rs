@@ -836,6 +836,33 @@ async fn check_plugin_module(
     })
 }
 
+/// Create an object through the same path as a client's POST (for in-process controllers).
+pub async fn create_object(
+    state: &AppState,
+    group: &str,
+    plural: &str,
+    namespace: Option<&str>,
+    obj: Value,
+) -> ApiResult<Value> {
+    let version = if group.is_empty() {
+        "v1"
+    } else {
+        resources::RESOURCES
+            .iter()
+            .find(|r| r.group == group && r.plural == plural)
+            .map_or("v1", |r| r.version)
+    };
+    let info = resources::lookup(group, version, plural)
+        .ok_or_else(|| ApiError::PathNotFound(format!("{plural} is not served")))?;
+    let t = Target {
+        info,
+        namespace: namespace.map(str::to_string),
+        name: None,
+        sub: None,
+    };
+    create(state, &t, obj, &Query::new()).await
+}
+
 /// The `default` ServiceAccount of a namespace.
 pub fn default_service_account(ns: &str) -> Value {
     json!({
@@ -1233,7 +1260,8 @@ async fn update_scale(
     Err(conflict(t.info, &name))
 }
 
-async fn bind(state: &AppState, t: &Target, binding: Value) -> ApiResult<()> {
+/// Bind a pod to a node (the `pods/binding` subresource).
+pub async fn bind(state: &AppState, t: &Target, binding: Value) -> ApiResult<()> {
     let name = t.name.clone().unwrap_or_default();
     let node = binding
         .get("target")

@@ -1,0 +1,367 @@
+//! Plugin instances: one `Store` each, a thin wrapper per world, and the
+//! bounds around every call.
+//!
+//! Every call (and instantiation) runs with an epoch deadline and the store's
+//! resource limiter. A trap, a timeout or a refused growth fails that call and
+//! poisons the instance: its state may be half-updated, and the component model
+//! forbids re-entering an instance that trapped anyway. Further calls return
+//! [`PluginError::Poisoned`] until the caller instantiates afresh from the
+//! [`LoadedPlugin`] (which is cheap) and replays its view.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::{Store, Trap};
+
+use super::bindings::{
+    admission, authorizer, router, scheduler, AdmissionResponse, Attributes, Endpoint, ObjectEvent,
+    Route, Verdict,
+};
+use super::runtime::{LoadedPlugin, WorldPre};
+use super::sandbox::HostState;
+use super::ticker::Ticker;
+use super::{PluginError, PluginKind};
+
+/// A store with its bounds; what every world wrapper is built on.
+struct Bounded {
+    plugin: Arc<str>,
+    store: Store<HostState>,
+    ticker: Arc<Ticker>,
+    timeout: Duration,
+    poisoned: Option<String>,
+}
+
+impl Bounded {
+    /// A fresh store for `loaded`, and whatever `instantiate` builds in it.
+    fn instantiate<T>(
+        loaded: &LoadedPlugin,
+        instantiate: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<T>,
+    ) -> Result<(Bounded, T), PluginError> {
+        let state = HostState::new(loaded.name.clone(), &loaded.limits);
+        let mut store = Store::new(loaded.ticker.engine(), state);
+        store.limiter(|state| &mut state.limiter);
+        store.epoch_deadline_trap();
+        let mut bounded = Bounded {
+            plugin: loaded.name.clone(),
+            store,
+            ticker: loaded.ticker.clone(),
+            timeout: loaded.limits.timeout,
+            poisoned: None,
+        };
+        // Instantiation runs guest code (start functions, data initialisers),
+        // so it gets the same bounds as a call.
+        let bindings = bounded.call(instantiate)?;
+        Ok((bounded, bindings))
+    }
+
+    /// Runs `f` against the store under the deadline and limits.
+    fn call<R>(
+        &mut self,
+        f: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginError> {
+        if let Some(cause) = &self.poisoned {
+            return Err(PluginError::Poisoned {
+                plugin: self.plugin.to_string(),
+                cause: cause.clone(),
+            });
+        }
+        self.store.data_mut().begin_call();
+        self.store
+            .set_epoch_deadline(Ticker::ticks_for(self.timeout));
+        let result = {
+            let _running = self.ticker.active();
+            // A host function may panic, most likely wasmtime-wasi's blocking
+            // I/O when called on an async worker thread instead of under
+            // `spawn_blocking`. Wasmtime carries the panic out through the
+            // guest frames; catching it here keeps it from taking the caller
+            // down, and the instance is poisoned like after a trap.
+            std::panic::catch_unwind(AssertUnwindSafe(|| f(&mut self.store)))
+        };
+        let err = match result {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(e)) => self.classify(e),
+            Err(panic) => PluginError::Trap {
+                plugin: self.plugin.to_string(),
+                message: format!("host panicked during the call: {}", panic_text(&*panic)),
+            },
+        };
+        self.poisoned = Some(err.to_string());
+        Err(err)
+    }
+
+    /// Turns a wasmtime failure into the error a caller can act on.
+    fn classify(&mut self, err: wasmtime::Error) -> PluginError {
+        let plugin = self.plugin.to_string();
+        // The full error carries the guest's wasm backtrace: useful to the
+        // plugin's author, too long for a pod condition or a 403 message.
+        tracing::debug!(plugin, "plugin call failed: {err:?}");
+        let trap = err.downcast_ref::<Trap>().copied();
+        let mut message = match trap {
+            Some(trap) => trap.to_string(),
+            None => err.root_cause().to_string(),
+        };
+        let state = self.store.data_mut();
+        let stderr = state.recent_stderr();
+        if !stderr.is_empty() {
+            message = format!("{message} (stderr: {stderr})");
+        }
+        // A refused growth usually surfaces as the guest aborting on a failed
+        // allocation (`unreachable`), so the limiter's record decides first.
+        if let Some(limit) = state.limiter.exceeded.take() {
+            return PluginError::ResourceLimit {
+                plugin,
+                message: format!("{limit}; then {message}"),
+            };
+        }
+        match trap {
+            Some(Trap::Interrupt) => PluginError::Timeout {
+                plugin,
+                timeout: self.timeout,
+            },
+            // Instance, table or memory counts are checked at instantiation
+            // and reported as plain errors with this wording.
+            None if format!("{err:#}").contains("resource limit exceeded") => {
+                PluginError::ResourceLimit { plugin, message }
+            }
+            _ => PluginError::Trap { plugin, message },
+        }
+    }
+
+    /// Whether an earlier failure made this instance unusable.
+    fn is_poisoned(&self) -> bool {
+        self.poisoned.is_some()
+    }
+
+    /// Maps a plugin's own `result<_, string>` error.
+    fn guest_error(&self, message: String) -> PluginError {
+        PluginError::Guest {
+            plugin: self.plugin.to_string(),
+            message,
+        }
+    }
+}
+
+/// The message of a caught panic.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s
+    } else {
+        "(no message)"
+    }
+}
+
+/// A running `scheduler` plugin.
+pub struct SchedulerInstance {
+    bounded: Bounded,
+    bindings: scheduler::Scheduler,
+}
+
+impl LoadedPlugin {
+    /// A fresh instance of a `scheduler` plugin.
+    pub fn instantiate_scheduler(&self) -> Result<SchedulerInstance, PluginError> {
+        let WorldPre::Scheduler(pre) = &*self.pre else {
+            return Err(self.wrong_kind(PluginKind::Scheduler));
+        };
+        let (bounded, bindings) = Bounded::instantiate(self, |store| pre.instantiate(store))?;
+        Ok(SchedulerInstance { bounded, bindings })
+    }
+
+    /// A fresh instance of an `admission` plugin.
+    pub fn instantiate_admission(&self) -> Result<AdmissionInstance, PluginError> {
+        let WorldPre::Admission(pre) = &*self.pre else {
+            return Err(self.wrong_kind(PluginKind::Admission));
+        };
+        let (bounded, bindings) = Bounded::instantiate(self, |store| pre.instantiate(store))?;
+        Ok(AdmissionInstance { bounded, bindings })
+    }
+
+    /// A fresh instance of an `authorizer` plugin.
+    pub fn instantiate_authorizer(&self) -> Result<AuthorizerInstance, PluginError> {
+        let WorldPre::Authorizer(pre) = &*self.pre else {
+            return Err(self.wrong_kind(PluginKind::Authorizer));
+        };
+        let (bounded, bindings) = Bounded::instantiate(self, |store| pre.instantiate(store))?;
+        Ok(AuthorizerInstance { bounded, bindings })
+    }
+
+    /// A fresh instance of a `router` plugin.
+    pub fn instantiate_router(&self) -> Result<RouterInstance, PluginError> {
+        let WorldPre::Router(pre) = &*self.pre else {
+            return Err(self.wrong_kind(PluginKind::Router));
+        };
+        let (bounded, bindings) = Bounded::instantiate(self, |store| pre.instantiate(store))?;
+        Ok(RouterInstance { bounded, bindings })
+    }
+}
+
+impl SchedulerInstance {
+    /// Kinds the plugin wants in its view.
+    pub fn interests(&mut self) -> Result<Vec<String>, PluginError> {
+        let policy = self.bindings.shoal_plugin_scheduler_policy();
+        self.bounded.call(|s| policy.call_interests(s))
+    }
+
+    /// Passes the Plugin object's `spec.config` JSON; the plugin may refuse it.
+    pub fn configure(&mut self, config_json: &str) -> Result<(), PluginError> {
+        let policy = self.bindings.shoal_plugin_scheduler_policy();
+        self.bounded
+            .call(|s| policy.call_configure(s, config_json))?
+            .map_err(|m| self.bounded.guest_error(m))
+    }
+
+    /// Feeds a batch of changes to the plugin's view.
+    pub fn observe(&mut self, events: &[ObjectEvent]) -> Result<(), PluginError> {
+        let policy = self.bindings.shoal_plugin_scheduler_policy();
+        self.bounded.call(|s| policy.call_observe(s, events))
+    }
+
+    /// Nodes (by handle) that cannot run the pod, each with a reason.
+    pub fn filter(
+        &mut self,
+        pod_json: &str,
+        nodes: &[u32],
+    ) -> Result<Vec<(u32, String)>, PluginError> {
+        let policy = self.bindings.shoal_plugin_scheduler_policy();
+        let rejections = self
+            .bounded
+            .call(|s| policy.call_filter(s, pod_json, nodes))?;
+        Ok(rejections.into_iter().map(|r| (r.node, r.reason)).collect())
+    }
+
+    /// Scores in 0..=100 for each of `nodes`, in order (empty: no opinion).
+    pub fn score(&mut self, pod_json: &str, nodes: &[u32]) -> Result<Vec<u32>, PluginError> {
+        let policy = self.bindings.shoal_plugin_scheduler_policy();
+        self.bounded.call(|s| policy.call_score(s, pod_json, nodes))
+    }
+
+    /// Whether an earlier failure made this instance unusable.
+    pub fn is_poisoned(&self) -> bool {
+        self.bounded.is_poisoned()
+    }
+}
+
+/// A running `admission` plugin.
+pub struct AdmissionInstance {
+    bounded: Bounded,
+    bindings: admission::Admission,
+}
+
+impl AdmissionInstance {
+    /// Kinds the plugin wants in its view.
+    pub fn interests(&mut self) -> Result<Vec<String>, PluginError> {
+        let policy = self.bindings.shoal_plugin_admission_policy();
+        self.bounded.call(|s| policy.call_interests(s))
+    }
+
+    /// Passes the Plugin object's `spec.config` JSON; the plugin may refuse it.
+    pub fn configure(&mut self, config_json: &str) -> Result<(), PluginError> {
+        let policy = self.bindings.shoal_plugin_admission_policy();
+        self.bounded
+            .call(|s| policy.call_configure(s, config_json))?
+            .map_err(|m| self.bounded.guest_error(m))
+    }
+
+    /// Feeds a batch of changes to the plugin's view.
+    pub fn observe(&mut self, events: &[ObjectEvent]) -> Result<(), PluginError> {
+        let policy = self.bindings.shoal_plugin_admission_policy();
+        self.bounded.call(|s| policy.call_observe(s, events))
+    }
+
+    /// Reviews one AdmissionReview `request` (JSON).
+    pub fn review(&mut self, request_json: &str) -> Result<AdmissionResponse, PluginError> {
+        let policy = self.bindings.shoal_plugin_admission_policy();
+        self.bounded.call(|s| policy.call_review(s, request_json))
+    }
+
+    /// Whether an earlier failure made this instance unusable.
+    pub fn is_poisoned(&self) -> bool {
+        self.bounded.is_poisoned()
+    }
+}
+
+/// A running `authorizer` plugin.
+pub struct AuthorizerInstance {
+    bounded: Bounded,
+    bindings: authorizer::Authorizer,
+}
+
+impl AuthorizerInstance {
+    /// Kinds the plugin wants in its view.
+    pub fn interests(&mut self) -> Result<Vec<String>, PluginError> {
+        let policy = self.bindings.shoal_plugin_authorizer_policy();
+        self.bounded.call(|s| policy.call_interests(s))
+    }
+
+    /// Passes the Plugin object's `spec.config` JSON; the plugin may refuse it.
+    pub fn configure(&mut self, config_json: &str) -> Result<(), PluginError> {
+        let policy = self.bindings.shoal_plugin_authorizer_policy();
+        self.bounded
+            .call(|s| policy.call_configure(s, config_json))?
+            .map_err(|m| self.bounded.guest_error(m))
+    }
+
+    /// Feeds a batch of changes to the plugin's view.
+    pub fn observe(&mut self, events: &[ObjectEvent]) -> Result<(), PluginError> {
+        let policy = self.bindings.shoal_plugin_authorizer_policy();
+        self.bounded.call(|s| policy.call_observe(s, events))
+    }
+
+    /// Decides one request.
+    pub fn authorize(&mut self, attributes: &Attributes) -> Result<Verdict, PluginError> {
+        let policy = self.bindings.shoal_plugin_authorizer_policy();
+        self.bounded.call(|s| policy.call_authorize(s, attributes))
+    }
+
+    /// Whether an earlier failure made this instance unusable.
+    pub fn is_poisoned(&self) -> bool {
+        self.bounded.is_poisoned()
+    }
+}
+
+/// A running `router` plugin.
+pub struct RouterInstance {
+    bounded: Bounded,
+    bindings: router::Router,
+}
+
+impl RouterInstance {
+    /// Kinds the plugin wants in its view.
+    pub fn interests(&mut self) -> Result<Vec<String>, PluginError> {
+        let policy = self.bindings.shoal_plugin_router_policy();
+        self.bounded.call(|s| policy.call_interests(s))
+    }
+
+    /// Passes the Plugin object's `spec.config` JSON; the plugin may refuse it.
+    pub fn configure(&mut self, config_json: &str) -> Result<(), PluginError> {
+        let policy = self.bindings.shoal_plugin_router_policy();
+        self.bounded
+            .call(|s| policy.call_configure(s, config_json))?
+            .map_err(|m| self.bounded.guest_error(m))
+    }
+
+    /// Feeds a batch of changes to the plugin's view.
+    pub fn observe(&mut self, events: &[ObjectEvent]) -> Result<(), PluginError> {
+        let policy = self.bindings.shoal_plugin_router_policy();
+        self.bounded.call(|s| policy.call_observe(s, events))
+    }
+
+    /// Routes for one service (JSON) and its endpoints.
+    pub fn route(
+        &mut self,
+        service_json: &str,
+        endpoints: &[Endpoint],
+    ) -> Result<Vec<Route>, PluginError> {
+        let policy = self.bindings.shoal_plugin_router_policy();
+        self.bounded
+            .call(|s| policy.call_routes(s, service_json, endpoints))?
+            .map_err(|m| self.bounded.guest_error(m))
+    }
+
+    /// Whether an earlier failure made this instance unusable.
+    pub fn is_poisoned(&self) -> bool {
+        self.bounded.is_poisoned()
+    }
+}

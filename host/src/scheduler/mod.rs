@@ -1,0 +1,782 @@
+//! The scheduler: Kubernetes' framework shape with Wasm policies.
+//!
+//! It runs on its own thread (policy calls are synchronous and bounded by the
+//! plugin runtime), reacts to pods and nodes through list+watch, and for each
+//! pending pod: filter (the `default` policy's filters plus the profile's
+//! policies) → score (the profile's policies, weighted) → pick the best →
+//! reserve (the pod is counted in every policy's view at once) → bind through
+//! the binding subresource. A pod that fits nowhere gets `PodScheduled=False`
+//! with the reasons and an Event, and waits until the cluster changes.
+
+pub mod policy;
+pub mod queue;
+
+use crate::api::handlers::{self, Target};
+use crate::api::{object, resources, AppState};
+use crate::plugin::bindings::ObjectEvent;
+use crate::plugin::{artifacts, PluginError};
+use crate::plugin_objects::{self, PluginEntry, PluginSet, DEFAULT_POLICY, DEFAULT_PROFILE};
+use crate::store::{Event, EventKind};
+use futures::StreamExt;
+use policy::{NativePolicy, Policy, WasmPolicy};
+use queue::Queue;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+/// Scheduler options.
+#[derive(Debug, Clone, Default)]
+pub struct SchedulerConfig {
+    /// Run the built-in policies compiled natively instead of as Wasm
+    /// (for the native-vs-Wasm benchmark only).
+    pub native_builtins: bool,
+}
+
+/// Start the scheduler thread. It stops when `stop` is notified.
+pub fn spawn(
+    state: Arc<AppState>,
+    plugins: watch::Receiver<Arc<PluginSet>>,
+    config: SchedulerConfig,
+    stop: Arc<tokio::sync::Notify>,
+) {
+    std::thread::Builder::new()
+        .name("scheduler".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("scheduler runtime");
+            rt.block_on(async move {
+                let mut s = Scheduler::new(state, plugins, config);
+                tokio::select! {
+                    _ = stop.notified() => {}
+                    _ = s.run() => {}
+                }
+            });
+        })
+        .expect("spawn scheduler thread");
+}
+
+struct Slot {
+    entry: PluginEntry,
+    policy: Box<dyn Policy>,
+    wants_nodes: bool,
+    wants_pods: bool,
+}
+
+struct PendingPod {
+    json: String,
+    profile: String,
+    namespace: String,
+    name: String,
+}
+
+struct ViewPod {
+    handle: u32,
+    node: String,
+    json: String,
+}
+
+enum BindOutcome {
+    Bound,
+    Gone,
+    Retry(String),
+}
+
+struct Scheduler {
+    state: Arc<AppState>,
+    plugins: watch::Receiver<Arc<PluginSet>>,
+    config: SchedulerConfig,
+    policies: BTreeMap<String, Slot>,
+    queue: Queue,
+    pending: HashMap<String, PendingPod>,
+    nodes: BTreeMap<String, (u32, String)>,
+    node_names: HashMap<u32, String>,
+    order: Vec<u32>,
+    next_handle: u32,
+    view_pods: HashMap<String, ViewPod>,
+    assumed: HashMap<String, String>,
+    outbox: Vec<ObjectEvent>,
+    offset: usize,
+    binds_tx: mpsc::UnboundedSender<(String, BindOutcome)>,
+    binds_rx: mpsc::UnboundedReceiver<(String, BindOutcome)>,
+    builtin_default: String,
+    builtin_binpack: String,
+}
+
+fn pod_key(ns: &str, name: &str) -> String {
+    format!("{ns}/{name}")
+}
+
+fn is_terminal(pod: &Value) -> bool {
+    matches!(
+        pod.pointer("/status/phase").and_then(Value::as_str),
+        Some("Succeeded") | Some("Failed")
+    )
+}
+
+impl Scheduler {
+    fn new(
+        state: Arc<AppState>,
+        plugins: watch::Receiver<Arc<PluginSet>>,
+        config: SchedulerConfig,
+    ) -> Scheduler {
+        let (binds_tx, binds_rx) = mpsc::unbounded_channel();
+        Scheduler {
+            state,
+            plugins,
+            config,
+            policies: BTreeMap::new(),
+            queue: Queue::default(),
+            pending: HashMap::new(),
+            nodes: BTreeMap::new(),
+            node_names: HashMap::new(),
+            order: Vec::new(),
+            next_handle: 1,
+            view_pods: HashMap::new(),
+            assumed: HashMap::new(),
+            outbox: Vec::new(),
+            offset: 0,
+            binds_tx,
+            binds_rx,
+            builtin_default: crate::blobs::digest_of(artifacts::DEFAULT_SCHEDULER),
+            builtin_binpack: crate::blobs::digest_of(artifacts::BINPACK),
+        }
+    }
+
+    async fn run(&mut self) {
+        loop {
+            let pods_info = resources::lookup("", "v1", "pods").expect("pods");
+            let nodes_info = resources::lookup("", "v1", "nodes").expect("nodes");
+            // List, then watch from the list's revision (an informer).
+            let Ok(nl) = self
+                .state
+                .store
+                .list(&nodes_info.prefix(None), None, 0, None)
+            else {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            };
+            let Ok(pl) = self
+                .state
+                .store
+                .list(&pods_info.prefix(None), None, 0, Some(nl.revision))
+            else {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            };
+            self.reset();
+            for kv in &nl.items {
+                self.on_node(EventKind::Put, Some(&kv.value), None);
+            }
+            for kv in &pl.items {
+                self.on_pod(EventKind::Put, Some(&kv.value), None);
+            }
+            let rev = nl.revision;
+            let (Ok(mut node_w), Ok(mut pod_w)) = (
+                self.state.store.watch(&nodes_info.prefix(None), rev),
+                self.state.store.watch(&pods_info.prefix(None), rev),
+            ) else {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            };
+            self.sync_plugins();
+            'watching: loop {
+                // Take in everything already waiting before the next attempt.
+                loop {
+                    tokio::select! {
+                        biased;
+                        ev = node_w.next() => match ev {
+                            Some(Ok(evs)) => self.apply(&evs, true),
+                            _ => break 'watching,
+                        },
+                        ev = pod_w.next() => match ev {
+                            Some(Ok(evs)) => self.apply(&evs, false),
+                            _ => break 'watching,
+                        },
+                        Some((key, outcome)) = self.binds_rx.recv() => self.on_bound(&key, outcome),
+                        Ok(()) = self.plugins.changed() => self.sync_plugins(),
+                        _ = futures::future::ready(()) => break,
+                    }
+                }
+                let next_backoff = self.queue.flush_backoff(Instant::now());
+                if let Some(key) = self.queue.pop() {
+                    self.schedule_one(&key);
+                    // Let bind tasks and watches progress between attempts.
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                let sleep = next_backoff
+                    .map(|t| t.saturating_duration_since(Instant::now()))
+                    .unwrap_or(Duration::from_secs(3600));
+                tokio::select! {
+                    ev = node_w.next() => match ev {
+                        Some(Ok(evs)) => self.apply(&evs, true),
+                        _ => break 'watching,
+                    },
+                    ev = pod_w.next() => match ev {
+                        Some(Ok(evs)) => self.apply(&evs, false),
+                        _ => break 'watching,
+                    },
+                    Some((key, outcome)) = self.binds_rx.recv() => self.on_bound(&key, outcome),
+                    Ok(()) = self.plugins.changed() => self.sync_plugins(),
+                    _ = tokio::time::sleep(sleep) => {}
+                }
+            }
+            tracing::warn!("scheduler: watch ended; relisting");
+        }
+    }
+
+    fn reset(&mut self) {
+        self.queue = Queue::default();
+        self.pending.clear();
+        self.nodes.clear();
+        self.node_names.clear();
+        self.order.clear();
+        self.view_pods.clear();
+        self.assumed.clear();
+        self.outbox.clear();
+        // Views are rebuilt from scratch: re-instantiate every policy.
+        self.policies.clear();
+    }
+
+    fn apply(&mut self, events: &[Event], nodes: bool) {
+        for e in events {
+            if nodes {
+                self.on_node(e.kind, e.value.as_deref(), e.prev.as_deref());
+            } else {
+                self.on_pod(e.kind, e.value.as_deref(), e.prev.as_deref());
+            }
+        }
+    }
+
+    fn on_node(&mut self, kind: EventKind, value: Option<&[u8]>, prev: Option<&[u8]>) {
+        let raw = match kind {
+            EventKind::Put => value,
+            EventKind::Delete => prev,
+        };
+        let Some(raw) = raw else { return };
+        let Ok(v) = serde_json::from_slice::<Value>(raw) else {
+            return;
+        };
+        let Some(name) = object::meta_str(&v, "name").map(str::to_string) else {
+            return;
+        };
+        let json = String::from_utf8_lossy(raw).into_owned();
+        match kind {
+            EventKind::Put => {
+                let handle = match self.nodes.get(&name) {
+                    Some((h, _)) => *h,
+                    None => {
+                        let h = self.next_handle;
+                        self.next_handle += 1;
+                        self.order.push(h);
+                        self.node_names.insert(h, name.clone());
+                        h
+                    }
+                };
+                self.nodes.insert(name, (handle, json.clone()));
+                self.outbox.push(ObjectEvent {
+                    kind: "Node".into(),
+                    handle,
+                    deleted: false,
+                    object: json,
+                });
+            }
+            EventKind::Delete => {
+                if let Some((h, _)) = self.nodes.remove(&name) {
+                    self.order.retain(|x| *x != h);
+                    self.node_names.remove(&h);
+                    self.outbox.push(ObjectEvent {
+                        kind: "Node".into(),
+                        handle: h,
+                        deleted: true,
+                        object: json,
+                    });
+                }
+            }
+        }
+        self.queue.cluster_changed(Instant::now());
+    }
+
+    fn on_pod(&mut self, kind: EventKind, value: Option<&[u8]>, prev: Option<&[u8]>) {
+        let raw = match kind {
+            EventKind::Put => value,
+            EventKind::Delete => prev,
+        };
+        let Some(raw) = raw else { return };
+        let Ok(v) = serde_json::from_slice::<Value>(raw) else {
+            return;
+        };
+        let ns = object::meta_str(&v, "namespace").unwrap_or("").to_string();
+        let name = object::meta_str(&v, "name").unwrap_or("").to_string();
+        let key = pod_key(&ns, &name);
+        let node = v
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .map(str::to_string);
+        let gone = kind == EventKind::Delete || is_terminal(&v);
+        if gone {
+            self.pending.remove(&key);
+            self.queue.remove(&key);
+            self.assumed.remove(&key);
+            self.forget_view_pod(&key, raw);
+            self.queue.cluster_changed(Instant::now());
+            return;
+        }
+        match node {
+            Some(node) => {
+                // Bound: it leaves the queue and (re)enters the views as bound there.
+                self.pending.remove(&key);
+                self.queue.remove(&key);
+                self.assumed.remove(&key);
+                let json = String::from_utf8_lossy(raw).into_owned();
+                let same = self.view_pods.get(&key).is_some_and(|p| p.node == node);
+                if !same {
+                    self.put_view_pod(&key, node, json);
+                }
+            }
+            None => {
+                if self.assumed.contains_key(&key) {
+                    // Our bind has not landed yet; this is an older state.
+                    return;
+                }
+                if v.pointer("/metadata/deletionTimestamp").is_some() {
+                    return;
+                }
+                let profile = v
+                    .pointer("/spec/schedulerName")
+                    .and_then(Value::as_str)
+                    .unwrap_or(DEFAULT_PROFILE)
+                    .to_string();
+                let priority = v
+                    .pointer("/spec/priority")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0) as i32;
+                self.pending.insert(
+                    key.clone(),
+                    PendingPod {
+                        json: String::from_utf8_lossy(raw).into_owned(),
+                        profile,
+                        namespace: ns,
+                        name,
+                    },
+                );
+                self.queue.add(&key, priority);
+            }
+        }
+    }
+
+    fn put_view_pod(&mut self, key: &str, node: String, json: String) {
+        let handle = match self.view_pods.get(key) {
+            Some(p) => p.handle,
+            None => {
+                let h = self.next_handle;
+                self.next_handle += 1;
+                h
+            }
+        };
+        self.outbox.push(ObjectEvent {
+            kind: "Pod".into(),
+            handle,
+            deleted: false,
+            object: json.clone(),
+        });
+        self.view_pods
+            .insert(key.to_string(), ViewPod { handle, node, json });
+    }
+
+    fn forget_view_pod(&mut self, key: &str, raw: &[u8]) {
+        if let Some(p) = self.view_pods.remove(key) {
+            let object = if raw.is_empty() {
+                p.json
+            } else {
+                String::from_utf8_lossy(raw).into_owned()
+            };
+            self.outbox.push(ObjectEvent {
+                kind: "Pod".into(),
+                handle: p.handle,
+                deleted: true,
+                object,
+            });
+        }
+    }
+
+    /// Deliver queued view changes to every policy that wants them.
+    fn flush_view(&mut self) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        let events = std::mem::take(&mut self.outbox);
+        let mut failed = Vec::new();
+        for (name, slot) in self.policies.iter_mut() {
+            let mine: Vec<ObjectEvent> = events
+                .iter()
+                .filter(|e| {
+                    (e.kind == "Node" && slot.wants_nodes) || (e.kind == "Pod" && slot.wants_pods)
+                })
+                .cloned()
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            if let Err(e) = slot.policy.observe(&mine) {
+                failed.push((name.clone(), e));
+            }
+        }
+        for (name, e) in failed {
+            self.fail_policy(&name, e);
+        }
+    }
+
+    /// Bring the policy instances in line with the published plugin set.
+    fn sync_plugins(&mut self) {
+        let set = self.plugins.borrow_and_update().clone();
+        let mut next = BTreeMap::new();
+        for (name, entry) in set
+            .iter()
+            .filter(|(_, e)| e.kind == crate::plugin::PluginKind::Scheduler)
+        {
+            if let Some(slot) = self.policies.remove(name) {
+                if slot.entry.generation == entry.generation && slot.entry.digest == entry.digest {
+                    next.insert(name.clone(), slot);
+                    continue;
+                }
+            }
+            match self.instantiate(entry) {
+                Ok(slot) => {
+                    next.insert(name.clone(), slot);
+                }
+                Err(e) => self.report_failure(entry, &e),
+            }
+        }
+        self.policies = next;
+        self.queue.retry_all_now();
+    }
+
+    fn instantiate(&self, entry: &PluginEntry) -> Result<Slot, PluginError> {
+        let mut policy: Box<dyn Policy> =
+            if self.config.native_builtins && entry.digest == self.builtin_default {
+                Box::new(NativePolicy::new(false, &entry.config)?)
+            } else if self.config.native_builtins && entry.digest == self.builtin_binpack {
+                Box::new(NativePolicy::new(true, &entry.config)?)
+            } else {
+                Box::new(WasmPolicy::new(&entry.loaded, &entry.config)?)
+            };
+        let interests = policy.interests()?;
+        let wants_nodes = interests.iter().any(|k| k == "Node");
+        let wants_pods = interests.iter().any(|k| k == "Pod");
+        // Replay the current view (plus changes not yet flushed to others).
+        let mut events = Vec::new();
+        if wants_nodes {
+            for (h, json) in self.nodes.values() {
+                events.push(ObjectEvent {
+                    kind: "Node".into(),
+                    handle: *h,
+                    deleted: false,
+                    object: json.clone(),
+                });
+            }
+        }
+        if wants_pods {
+            for p in self.view_pods.values() {
+                events.push(ObjectEvent {
+                    kind: "Pod".into(),
+                    handle: p.handle,
+                    deleted: false,
+                    object: p.json.clone(),
+                });
+            }
+        }
+        if !events.is_empty() {
+            policy.observe(&events)?;
+        }
+        Ok(Slot {
+            entry: entry.clone(),
+            policy,
+            wants_nodes,
+            wants_pods,
+        })
+    }
+
+    fn report_failure(&self, entry: &PluginEntry, e: &PluginError) {
+        tracing::warn!(plugin = %entry.name, error = %e, "scheduler policy failed; continuing without it");
+        let state = self.state.clone();
+        let (name, reason, generation) = (entry.name.clone(), e.to_string(), entry.generation);
+        tokio::spawn(async move {
+            let _ = plugin_objects::set_status(&state, &name, "Failed", &reason, Some(generation))
+                .await;
+        });
+    }
+
+    fn fail_policy(&mut self, name: &str, e: PluginError) {
+        if let Some(slot) = self.policies.remove(name) {
+            self.report_failure(&slot.entry, &e);
+        }
+    }
+
+    /// How many feasible nodes to look for (Kubernetes' adaptive percentage).
+    fn feasible_target(n: usize) -> usize {
+        if n < 100 {
+            return n;
+        }
+        let pct = (50i64 - n as i64 / 125).max(5) as usize;
+        (n * pct / 100).max(100)
+    }
+
+    fn schedule_one(&mut self, key: &str) {
+        let Some(pod) = self.pending.get(key) else {
+            return;
+        };
+        let (pod_json, profile, ns, name) = (
+            pod.json.clone(),
+            pod.profile.clone(),
+            pod.namespace.clone(),
+            pod.name.clone(),
+        );
+        self.flush_view();
+        let scorers: Vec<String> = self
+            .policies
+            .iter()
+            .filter(|(_, s)| s.entry.profiles.iter().any(|p| *p == profile))
+            .map(|(n, _)| n.clone())
+            .collect();
+        if scorers.is_empty() {
+            // Not a profile we serve (yet): wait for a plugin set change.
+            self.queue.unschedulable(key);
+            return;
+        }
+        let mut filterers: Vec<String> = Vec::new();
+        if self.policies.contains_key(DEFAULT_POLICY) {
+            filterers.push(DEFAULT_POLICY.into());
+        }
+        filterers.extend(
+            scorers
+                .iter()
+                .filter(|s| s.as_str() != DEFAULT_POLICY)
+                .cloned(),
+        );
+
+        // Filter: walk nodes from a rotating offset until enough are feasible.
+        let total = self.order.len();
+        let want = Self::feasible_target(total);
+        let mut feasible: Vec<u32> = Vec::new();
+        let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+        let mut seen = 0;
+        let start = if total == 0 { 0 } else { self.offset % total };
+        while seen < total && feasible.len() < want {
+            let chunk_len = (want - feasible.len()).max(16).min(total - seen);
+            let chunk: Vec<u32> = (0..chunk_len)
+                .map(|i| self.order[(start + seen + i) % total])
+                .collect();
+            seen += chunk_len;
+            let mut alive = chunk;
+            for f in &filterers {
+                if alive.is_empty() {
+                    break;
+                }
+                let Some(slot) = self.policies.get_mut(f) else {
+                    continue;
+                };
+                match slot.policy.filter(&pod_json, &alive) {
+                    Ok(rejected) => {
+                        if rejected.is_empty() {
+                            continue;
+                        }
+                        let mut out: HashMap<u32, String> = rejected.into_iter().collect();
+                        alive.retain(|h| match out.remove(h) {
+                            Some(reason) => {
+                                *reasons.entry(reason).or_default() += 1;
+                                false
+                            }
+                            None => true,
+                        });
+                    }
+                    Err(e) => {
+                        let name = f.clone();
+                        self.fail_policy(&name, e);
+                    }
+                }
+            }
+            feasible.extend(alive);
+        }
+        if total > 0 {
+            self.offset = (start + seen) % total;
+        }
+        if feasible.is_empty() {
+            let mut parts: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+            parts.sort();
+            let msg = if total == 0 {
+                "0/0 nodes are available: no nodes registered.".to_string()
+            } else {
+                format!("0/{total} nodes are available: {}.", parts.join(", "))
+            };
+            self.queue.unschedulable(key);
+            self.mark_unschedulable(&ns, &name, msg);
+            return;
+        }
+
+        // Score: weighted sum over the profile's policies.
+        let mut totals = vec![0u64; feasible.len()];
+        for s in &scorers {
+            let Some(slot) = self.policies.get_mut(s) else {
+                continue;
+            };
+            let weight = slot.entry.weight as u64;
+            match slot.policy.score(&pod_json, &feasible) {
+                Ok(scores) if scores.len() == feasible.len() => {
+                    for (t, sc) in totals.iter_mut().zip(scores) {
+                        *t += weight * sc.min(100) as u64;
+                    }
+                }
+                Ok(scores) if scores.is_empty() => {}
+                Ok(scores) => {
+                    let e = PluginError::Runtime(format!(
+                        "score returned {} values for {} nodes",
+                        scores.len(),
+                        feasible.len()
+                    ));
+                    let name = s.clone();
+                    self.fail_policy(&name, e);
+                }
+                Err(e) => {
+                    let name = s.clone();
+                    self.fail_policy(&name, e);
+                }
+            }
+        }
+        let best = *totals.iter().max().expect("feasible is not empty");
+        let ties: Vec<usize> = totals
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| **t == best)
+            .map(|(i, _)| i)
+            .collect();
+        let pick = ties[rand::random_range(0..ties.len())];
+        let handle = feasible[pick];
+        let Some(node) = self.node_names.get(&handle).cloned() else {
+            self.queue.retry_later(key, Instant::now());
+            return;
+        };
+
+        // Reserve: count the pod on the node in every view before binding.
+        let mut assumed: Value = serde_json::from_str(&pod_json).unwrap_or(json!({}));
+        assumed["spec"]["nodeName"] = json!(node);
+        self.put_view_pod(key, node.clone(), assumed.to_string());
+        self.assumed.insert(key.to_string(), node.clone());
+        self.queue.remove(key);
+
+        // Bind asynchronously; the outcome comes back through `binds_rx`.
+        let state = self.state.clone();
+        let tx = self.binds_tx.clone();
+        let k = key.to_string();
+        tokio::spawn(async move {
+            let info = resources::lookup("", "v1", "pods").expect("pods");
+            let t = Target {
+                info,
+                namespace: Some(ns.clone()),
+                name: Some(name.clone()),
+                sub: Some("binding".into()),
+            };
+            let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "namespace": ns}, "target": {"kind": "Node", "name": node}});
+            let outcome = match handlers::bind(&state, &t, binding).await {
+                Ok(()) => BindOutcome::Bound,
+                Err(crate::api::error::ApiError::NotFound { .. })
+                | Err(crate::api::error::ApiError::Conflict { .. }) => BindOutcome::Gone,
+                Err(e) => BindOutcome::Retry(format!("{:?}", e.status()["message"])),
+            };
+            let _ = tx.send((k, outcome));
+        });
+    }
+
+    fn on_bound(&mut self, key: &str, outcome: BindOutcome) {
+        match outcome {
+            BindOutcome::Bound => {}
+            BindOutcome::Gone => {
+                // Deleted or bound by someone else: the watch tells the truth.
+                if self.assumed.remove(key).is_some() {
+                    self.forget_view_pod(key, b"");
+                }
+            }
+            BindOutcome::Retry(why) => {
+                tracing::warn!(pod = %key, %why, "binding failed; will retry");
+                if self.assumed.remove(key).is_some() {
+                    self.forget_view_pod(key, b"");
+                }
+                if self.pending.contains_key(key) {
+                    self.queue.retry_later(key, Instant::now());
+                }
+            }
+        }
+    }
+
+    fn mark_unschedulable(&self, ns: &str, name: &str, message: String) {
+        let state = self.state.clone();
+        let (ns, name) = (ns.to_string(), name.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = record_unschedulable(&state, &ns, &name, &message).await {
+                tracing::debug!(pod = %name, error = ?e.status(), "could not record unschedulable pod");
+            }
+        });
+    }
+}
+
+/// Set `PodScheduled=False` (reason Unschedulable) and emit a FailedScheduling Event.
+async fn record_unschedulable(
+    state: &AppState,
+    ns: &str,
+    name: &str,
+    message: &str,
+) -> Result<(), crate::api::error::ApiError> {
+    let info = resources::lookup("", "v1", "pods").expect("pods");
+    let key = info.key(Some(ns), name);
+    let mut uid = String::new();
+    for _ in 0..8 {
+        let Some(kv) = state.store.get(&key)? else {
+            return Ok(());
+        };
+        let mut pod = object::from_store(&kv)?;
+        uid = object::meta_str(&pod, "uid").unwrap_or("").to_string();
+        let mut conds: Vec<Value> = pod
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let existing = conds.iter().find(|c| c["type"] == "PodScheduled");
+        if existing.is_some_and(|c| c["status"] == "False" && c["message"] == message) {
+            break;
+        }
+        conds.retain(|c| c["type"] != "PodScheduled");
+        conds.push(json!({"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message, "lastProbeTime": null, "lastTransitionTime": object::now_rfc3339()}));
+        pod["status"]["conditions"] = Value::Array(conds);
+        use crate::store::{Op, Precondition, StoreError};
+        match state
+            .store
+            .txn(vec![Op::Put {
+                key: key.clone(),
+                value: object::to_store(&mut pod),
+                precondition: Precondition::ModRevision(kv.mod_revision),
+            }])
+            .await
+        {
+            Ok(_) => break,
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let now = object::now_rfc3339();
+    let event = json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": object::generate_name(&format!("{name}.")), "namespace": ns},
+        "involvedObject": {"kind": "Pod", "namespace": ns, "name": name, "uid": uid, "apiVersion": "v1"},
+        "reason": "FailedScheduling", "message": message, "type": "Warning",
+        "source": {"component": DEFAULT_PROFILE}, "reportingComponent": DEFAULT_PROFILE,
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+    });
+    handlers::create_object(state, "", "events", Some(ns), event)
+        .await
+        .map(|_| ())
+}
