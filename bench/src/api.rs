@@ -16,33 +16,18 @@
 //! way a single client-go process shares one connection. Connections are
 //! opened before a phase's clock starts, so TLS handshakes are not timed.
 
+use crate::common::{query_escape, resolve_bin, round, rss_mb, Conn, Ctx, Server};
 use anyhow::{anyhow, bail, Context, Result};
-use base64::Engine;
 use bytes::Bytes;
-use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use http::{Method, StatusCode};
 use serde_json::{json, Value};
-use std::io::Write;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 /// Concurrent clients in the high-concurrency phase (the `c64_*` figures).
 const HIGH_CLIENTS: usize = 64;
-/// How long one request may take before it counts as an error.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-/// How many non-201 bodies / transport errors to print to stderr.
-const MAX_ERROR_SAMPLES: u64 = 5;
 /// Page size of the final LIST that counts the stored ConfigMaps.
 const LIST_PAGE: usize = 1000;
 
@@ -70,20 +55,10 @@ pub struct Args {
 
 pub async fn run(args: Args) -> Result<String> {
     let started = Instant::now();
-    let bin = match &args.shoal {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()
-            .context("locating the bench binary")?
-            .parent()
-            .ok_or_else(|| anyhow!("bench binary has no parent directory"))?
-            .join("shoal"),
-    };
-    if !bin.is_file() {
-        bail!("no shoal binary at {} (build it: cargo build --release -p shoal, or pass --shoal PATH)", bin.display());
-    }
+    let bin = resolve_bin(args.shoal.as_deref())?;
     let c1_creates = args.c1_creates.unwrap_or(args.creates / 10);
 
-    let mut server = Server::start(&bin).await?;
+    let mut server = Server::start(&bin, "shoal-bench-api-", &[]).await?;
     let result = measure(&args, c1_creates, &server).await;
     let crashed = server.exited();
     let stop = server.stop().await;
@@ -162,336 +137,6 @@ async fn measure(args: &Args, c1_creates: u64, server: &Server) -> Result<(Value
         "errors": errors,
     });
     Ok((figures, errors))
-}
-
-fn round(x: f64, digits: i32) -> f64 {
-    let f = 10f64.powi(digits);
-    (x * f).round() / f
-}
-
-/// VmRSS of `pid` in MiB.
-fn rss_mb(pid: u32) -> Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .ok_or_else(|| anyhow!("no VmRSS line for pid {pid}"))?;
-    let kb: f64 = line
-        .split_whitespace()
-        .nth(1)
-        .ok_or_else(|| anyhow!("malformed VmRSS line: {line}"))?
-        .parse()
-        .with_context(|| format!("malformed VmRSS line: {line}"))?;
-    Ok(kb / 1024.0)
-}
-
-// ---------------------------------------------------------------------------
-// The server process.
-
-struct Server {
-    child: Child,
-    pid: u32,
-    addr: SocketAddr,
-    data_dir: PathBuf,
-    log: PathBuf,
-    /// Holds the server's stderr log and data dir; removed on stop (or drop).
-    tmp: Option<tempfile::TempDir>,
-}
-
-impl Server {
-    async fn start(bin: &Path) -> Result<Server> {
-        let tmp = tempfile::Builder::new()
-            .prefix("shoal-bench-api-")
-            .tempdir()
-            .context("creating a temp dir")?;
-        let data_dir = tmp.path().join("data");
-        let log = tmp.path().join("server.log");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let log_file = std::fs::File::create(&log)?;
-        let mut child = Command::new(bin)
-            .arg("server")
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .arg("--listen")
-            .arg(addr.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log_file))
-            // Backstop only: the normal path sends SIGTERM and waits (see `stop`).
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("spawning {}", bin.display()))?;
-        let pid = child.id().ok_or_else(|| anyhow!("server exited at once"))?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow!("no server stdout"))?;
-        let mut lines = BufReader::new(stdout).lines();
-        let mut server = Server {
-            child,
-            pid,
-            addr,
-            data_dir,
-            log,
-            tmp: Some(tmp),
-        };
-        let ready = tokio::time::timeout(Duration::from_secs(60), async {
-            while let Some(line) = lines.next_line().await? {
-                if line.contains("ready") {
-                    return Ok(true);
-                }
-            }
-            Ok::<_, std::io::Error>(false)
-        })
-        .await;
-        match ready {
-            Ok(Ok(true)) => {}
-            other => {
-                let why = match other {
-                    Ok(Ok(_)) => "closed stdout without a ready line".to_string(),
-                    Ok(Err(e)) => format!("stdout read failed: {e}"),
-                    Err(_) => "printed no ready line within 60s".to_string(),
-                };
-                server.dump_log();
-                let _ = server.stop().await;
-                bail!("shoal server {why}");
-            }
-        }
-        // Keep draining stdout so the server never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(server)
-    }
-
-    /// The exit status, if the server has already exited.
-    fn exited(&mut self) -> Option<ExitStatus> {
-        let st = self.child.try_wait().ok().flatten();
-        if st.is_some() {
-            self.dump_log();
-        }
-        st
-    }
-
-    /// Print the tail of the server's stderr log to our stderr.
-    fn dump_log(&self) {
-        if let Ok(text) = std::fs::read_to_string(&self.log) {
-            let lines: Vec<&str> = text.lines().collect();
-            let from = lines.len().saturating_sub(40);
-            let mut err = std::io::stderr().lock();
-            let _ = writeln!(err, "--- last lines of the server log ---");
-            for l in &lines[from..] {
-                let _ = writeln!(err, "{l}");
-            }
-            let _ = writeln!(err, "---");
-        }
-    }
-
-    /// SIGTERM by PID, wait (SIGKILL after 20s), then remove the temp dir.
-    async fn stop(&mut self) -> Result<ExitStatus> {
-        let status = if let Some(st) = self.child.try_wait()? {
-            st
-        } else {
-            // `kill(1)` keeps this binary free of `unsafe` (libc::kill is an unsafe fn).
-            let sent = std::process::Command::new("kill")
-                .args(["-TERM", &self.pid.to_string()])
-                .status()
-                .context("running kill -TERM")?;
-            if !sent.success() {
-                eprintln!("kill -TERM {} failed: {sent}", self.pid);
-            }
-            match tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await {
-                Ok(st) => st?,
-                Err(_) => {
-                    eprintln!("server did not exit within 20s of SIGTERM; sending SIGKILL");
-                    self.dump_log();
-                    self.child.start_kill()?;
-                    self.child.wait().await?
-                }
-            }
-        };
-        if !status.success() {
-            self.dump_log();
-        }
-        if let Some(tmp) = self.tmp.take() {
-            let path = tmp.path().to_path_buf();
-            tmp.close()
-                .with_context(|| format!("removing {}", path.display()))?;
-        }
-        Ok(status)
-    }
-}
-
-// ---------------------------------------------------------------------------
-// The HTTPS client.
-
-/// What every client task shares.
-struct Ctx {
-    addr: SocketAddr,
-    connector: tokio_rustls::TlsConnector,
-    /// Next ConfigMap number, across all phases, so every name is unique.
-    seq: AtomicU64,
-    /// Error samples printed so far.
-    samples: AtomicU64,
-}
-
-impl Ctx {
-    fn new(addr: SocketAddr, kubeconfig: &Path) -> Result<Ctx> {
-        let text = std::fs::read_to_string(kubeconfig)
-            .with_context(|| format!("reading {}", kubeconfig.display()))?;
-        let kc: serde_yaml::Value =
-            serde_yaml::from_str(&text).context("parsing the admin kubeconfig")?;
-        let field =
-            |v: &serde_yaml::Value, section: &str, inner: &str, key: &str| -> Result<Vec<u8>> {
-                let b64 = v[section][0][inner][key]
-                    .as_str()
-                    .ok_or_else(|| anyhow!("kubeconfig has no {section}[0].{inner}.{key}"))?;
-                base64::engine::general_purpose::STANDARD
-                    .decode(b64.trim())
-                    .with_context(|| format!("decoding {section}[0].{inner}.{key}"))
-            };
-        let ca = field(&kc, "clusters", "cluster", "certificate-authority-data")?;
-        let cert = field(&kc, "users", "user", "client-certificate-data")?;
-        let key = field(&kc, "users", "user", "client-key-data")?;
-        if let Some(url) = kc["clusters"][0]["cluster"]["server"].as_str() {
-            if url != format!("https://{addr}") {
-                eprintln!(
-                    "note: kubeconfig names {url}; the bench connects to https://{addr} only"
-                );
-            }
-        }
-
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(&ca) {
-            roots.add(c.map_err(|e| anyhow!("CA PEM: {e:?}"))?)?;
-        }
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert)
-            .collect::<Result<_, _>>()
-            .map_err(|e| anyhow!("client certificate PEM: {e:?}"))?;
-        let key =
-            PrivateKeyDer::from_pem_slice(&key).map_err(|e| anyhow!("client key PEM: {e:?}"))?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)?;
-        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(Ctx {
-            addr,
-            connector: tokio_rustls::TlsConnector::from(Arc::new(cfg)),
-            seq: AtomicU64::new(0),
-            samples: AtomicU64::new(0),
-        })
-    }
-
-    /// Print an error sample to stderr, at most `MAX_ERROR_SAMPLES` in all.
-    fn sample(&self, msg: impl FnOnce() -> String) {
-        if self.samples.fetch_add(1, Ordering::Relaxed) < MAX_ERROR_SAMPLES {
-            eprintln!("error: {}", msg());
-        }
-    }
-
-    async fn connect(&self) -> Result<Conn> {
-        let tcp = tokio::net::TcpStream::connect(self.addr)
-            .await
-            .with_context(|| format!("connecting to {}", self.addr))?;
-        tcp.set_nodelay(true)?;
-        let tls = self
-            .connector
-            .connect(ServerName::from(self.addr.ip()), tcp)
-            .await
-            .context("TLS handshake")?;
-        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-        let io = TokioIo::new(tls);
-        if h2 {
-            let (send, conn) = http2::handshake(TokioExecutor::new(), io)
-                .await
-                .context("HTTP/2 handshake")?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            Ok(Conn::H2(send))
-        } else {
-            let (send, conn) = http1::handshake(io).await.context("HTTP/1.1 handshake")?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            Ok(Conn::H1(send))
-        }
-    }
-
-    /// A request to this server: absolute URI for HTTP/2 (it fills :authority), origin-form plus Host for HTTP/1.1.
-    fn request(
-        &self,
-        conn: &Conn,
-        method: Method,
-        path_and_query: &str,
-        body: Bytes,
-    ) -> Result<Request<Full<Bytes>>> {
-        let builder = match conn {
-            Conn::H2(_) => Request::builder().uri(format!("https://{}{path_and_query}", self.addr)),
-            Conn::H1(_) => Request::builder()
-                .uri(path_and_query)
-                .header(http::header::HOST, self.addr.to_string()),
-        };
-        let mut builder = builder
-            .method(method)
-            .header(http::header::ACCEPT, "application/json");
-        if !body.is_empty() {
-            builder = builder.header(http::header::CONTENT_TYPE, "application/json");
-        }
-        Ok(builder.body(Full::new(body))?)
-    }
-}
-
-enum Conn {
-    H1(http1::SendRequest<Full<Bytes>>),
-    H2(http2::SendRequest<Full<Bytes>>),
-}
-
-impl Conn {
-    /// Another handle on the same connection (HTTP/2 only).
-    fn share(&self) -> Option<Conn> {
-        match self {
-            Conn::H2(s) => Some(Conn::H2(s.clone())),
-            Conn::H1(_) => None,
-        }
-    }
-
-    fn is_closed(&self) -> bool {
-        match self {
-            Conn::H1(s) => s.is_closed(),
-            Conn::H2(s) => s.is_closed(),
-        }
-    }
-
-    async fn send(&mut self, req: Request<Full<Bytes>>) -> hyper::Result<http::Response<Incoming>> {
-        match self {
-            Conn::H1(s) => {
-                s.ready().await?;
-                s.send_request(req).await
-            }
-            Conn::H2(s) => {
-                s.ready().await?;
-                s.send_request(req).await
-            }
-        }
-    }
-
-    /// Send and read the whole response body, within `REQUEST_TIMEOUT`.
-    async fn call(&mut self, req: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes)> {
-        tokio::time::timeout(REQUEST_TIMEOUT, async {
-            let resp = self.send(req).await?;
-            let status = resp.status();
-            let body = resp.into_body().collect().await?.to_bytes();
-            Ok::<_, hyper::Error>((status, body))
-        })
-        .await
-        .map_err(|_| anyhow!("no response within {REQUEST_TIMEOUT:?}"))?
-        .map_err(Into::into)
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -701,17 +346,4 @@ async fn count_stored(ctx: &Ctx) -> Result<u64> {
             _ => return Ok(n),
         }
     }
-}
-
-/// Percent-encode everything but RFC 3986 unreserved characters.
-fn query_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }

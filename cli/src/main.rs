@@ -1,5 +1,7 @@
 //! The `shoal` binary: a thin layer over the host (and later agent) libraries.
 
+mod plugin_cmd;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use shoal_host::api::ApiConfig;
@@ -23,6 +25,9 @@ struct Cli {
 enum Command {
     /// Run the control plane: the Kubernetes API over HTTPS on an embedded store.
     Server(ServerArgs),
+    /// Install, list and swap Wasm plugins.
+    #[command(subcommand)]
+    Plugin(plugin_cmd::PluginCmd),
 }
 
 #[derive(clap::Args)]
@@ -48,7 +53,15 @@ struct ServerArgs {
     native_policies: bool,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    if let Err(e) = real_main() {
+        // One clear line (with causes), no backtrace: this is a user-facing CLI.
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
@@ -62,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Server(a) => rt.block_on(run_server(a)),
+        Command::Plugin(c) => rt.block_on(plugin_cmd::run(c)),
     }
 }
 

@@ -168,13 +168,13 @@ pub async fn set_status(
 
 /// Build the check the API server runs when a Plugin's module or kind changes.
 pub fn module_check(runtime: Arc<PluginRuntime>, blobs: BlobStore) -> crate::api::PluginCheck {
-    Arc::new(move |kind: &str, digest: &str| {
+    Arc::new(move |name: &str, kind: &str, digest: &str| {
         let k = kind_of(kind).ok_or_else(|| format!("unknown plugin kind {kind:?}"))?;
         let bytes = blobs
             .get(digest)
             .map_err(|e| format!("{e}; upload it first (shoal plugin install does)"))?;
         runtime
-            .load("install-check", k, &bytes)
+            .load(name, k, &bytes)
             .map(|_| ())
             .map_err(|e| e.to_string())
     })
@@ -242,6 +242,7 @@ impl PluginController {
         };
         let current = self.tx.borrow().clone();
         let mut next = PluginSet::new();
+        let mut statuses = Vec::new();
         for kv in &list.items {
             let Ok(obj) = object::from_store(kv) else {
                 continue;
@@ -271,9 +272,12 @@ impl PluginController {
             if failed_now {
                 continue;
             }
+            let timeout = spec.get("timeoutSeconds").and_then(Value::as_f64).map(Duration::from_secs_f64);
             let loaded = match current.get(&name) {
-                Some(e) if e.digest == digest && e.kind == kind => Ok(e.loaded.clone()),
-                _ => self.load(&name, kind, &digest).await,
+                Some(e) if e.digest == digest && e.kind == kind && e.loaded.limits().timeout == timeout.unwrap_or(e.loaded.limits().timeout) => {
+                    Ok(e.loaded.clone())
+                }
+                _ => self.load(&name, kind, &digest, timeout).await,
             };
             match loaded {
                 Ok(loaded) => {
@@ -305,12 +309,11 @@ impl PluginController {
                             loaded,
                         },
                     );
-                    let _ = set_status(&self.state, &name, "Ready", "", Some(generation)).await;
+                    statuses.push((name.clone(), "Ready", String::new(), generation));
                 }
                 Err(reason) => {
                     tracing::warn!(plugin = %name, %reason, "plugin failed to load");
-                    let _ =
-                        set_status(&self.state, &name, "Failed", &reason, Some(generation)).await;
+                    statuses.push((name.clone(), "Failed", reason, generation));
                 }
             }
         }
@@ -324,6 +327,11 @@ impl PluginController {
             tracing::info!(plugins = ?next.keys().collect::<Vec<_>>(), "plugin set updated");
             let _ = self.tx.send(Arc::new(next));
         }
+        // Status is written after publishing, so a client that sees Ready knows
+        // the new set is already handed to the consumers.
+        for (name, st, reason, generation) in statuses {
+            let _ = set_status(&self.state, &name, st, &reason, Some(generation)).await;
+        }
     }
 
     async fn load(
@@ -331,6 +339,7 @@ impl PluginController {
         name: &str,
         kind: PluginKind,
         digest: &str,
+        timeout: Option<Duration>,
     ) -> Result<Arc<LoadedPlugin>, String> {
         let (runtime, blobs, name, digest) = (
             self.runtime.clone(),
@@ -340,10 +349,16 @@ impl PluginController {
         );
         tokio::task::spawn_blocking(move || {
             let bytes = blobs.get(&digest).map_err(|e| e.to_string())?;
-            runtime
-                .load(&name, kind, &bytes)
-                .map(Arc::new)
-                .map_err(|e| e.to_string())
+            let loaded = runtime.load(&name, kind, &bytes).map_err(|e| e.to_string())?;
+            // spec.timeoutSeconds bounds each call of this plugin.
+            let loaded = match timeout {
+                Some(t) => {
+                    let limits = crate::plugin::Limits { timeout: t, ..loaded.limits().clone() };
+                    loaded.with_limits(limits)
+                }
+                None => loaded,
+            };
+            Ok(Arc::new(loaded))
         })
         .await
         .map_err(|e| e.to_string())?

@@ -820,7 +820,8 @@ async fn check_plugin_module(
         return Ok(());
     }
     let d = digest.clone();
-    let verdict = tokio::task::spawn_blocking(move || check(&kind, &d))
+    let n = name.to_string();
+    let verdict = tokio::task::spawn_blocking(move || check(&n, &kind, &d))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     verdict.map_err(|reason| {

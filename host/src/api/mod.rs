@@ -58,9 +58,9 @@ pub struct AppState {
     pub hooks: Hooks,
 }
 
-/// Checks a Plugin object's module: `(kind, digest) -> Err(reason)` when the
+/// Checks a Plugin object's module: `(name, kind, digest) -> Err(reason)` when the
 /// module is missing or is not a component of the world for `kind`.
-pub type PluginCheck = Arc<dyn Fn(&str, &str) -> Result<(), String> + Send + Sync>;
+pub type PluginCheck = Arc<dyn Fn(&str, &str, &str) -> Result<(), String> + Send + Sync>;
 
 /// Optional parts of the API server, absent in minimal test setups.
 #[derive(Default, Clone)]

@@ -267,3 +267,36 @@ pub(crate) struct TopologySpreadConstraint {
     #[serde(deserialize_with = "nullable")]
     pub match_label_keys: Vec<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nulls_read_as_absent() {
+        let pod: Pod = serde_json::from_str(
+            r#"{"metadata": {"name": "p", "labels": null, "namespace": null},
+                "spec": {"nodeSelector": null, "tolerations": null, "containers": [
+                    {"name": "c", "resources": {"requests": null}}
+                ], "affinity": null},
+                "status": null}"#,
+        )
+        .unwrap();
+        assert!(pod.metadata.labels.is_empty());
+        assert!(pod.spec.containers[0].resources.requests.is_empty());
+    }
+
+    #[test]
+    fn quantities_may_be_numbers() {
+        let node: Node = serde_json::from_str(
+            r#"{"status": {"allocatable": {"cpu": 2, "memory": 1.5e3, "pods": "110"}}}"#,
+        )
+        .unwrap();
+        let alloc = node.status.allocatable.unwrap();
+        assert_eq!(alloc["cpu"].0.milli_value(), 2000);
+        assert_eq!(alloc["memory"].0.value(), 1500);
+        assert!(
+            serde_json::from_str::<Node>(r#"{"status": {"allocatable": {"cpu": "x"}}}"#).is_err()
+        );
+    }
+}

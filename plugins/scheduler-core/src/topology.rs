@@ -361,6 +361,17 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_selector_counts_no_pods() {
+        // Kubernetes counts nothing for a selector without requirements, while
+        // the pod still matches itself: every node has skew 1.
+        let view = zones();
+        let mut k = zone_constraint("DoNotSchedule");
+        k["labelSelector"] = json!({});
+        let p = spread_pod(k, json!({}));
+        assert_eq!(check_all(&view, &p)[..3], [None, None, None]);
+    }
+
+    #[test]
     fn filter_match_label_keys_narrow_the_selector() {
         let mut v1 = web("w1", "n1");
         v1["metadata"]["labels"]["rev"] = json!("1");

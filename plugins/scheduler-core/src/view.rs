@@ -226,6 +226,19 @@ mod tests {
     }
 
     #[test]
+    fn removing_one_of_several_pods_subtracts_only_it() {
+        let mut view = View::new();
+        view.apply("Node", 1, false, &node("n1", "4", "8Gi", "10").to_string());
+        view.apply("Pod", 1, false, &bound("a", "n1", "1", "1Gi"));
+        view.apply("Pod", 2, false, &bound("b", "n1", "2", "2Gi"));
+        assert_eq!(free(&view, 1), (1000, 5 << 30, 8));
+        view.apply("Pod", 1, true, &bound("a", "n1", "1", "1Gi"));
+        assert_eq!(free(&view, 1), (2000, 6 << 30, 9));
+        let requested = view.requested(1).unwrap();
+        assert_eq!((requested.milli_cpu, requested.pods), (2000, 1));
+    }
+
+    #[test]
     fn pods_may_arrive_before_their_node() {
         let mut view = View::new();
         view.apply("Pod", 1, false, &bound("a", "n1", "1", "1Gi"));
