@@ -354,7 +354,10 @@ impl Conn {
         }
     }
 
-    pub(crate) async fn send(&mut self, req: Request<Full<Bytes>>) -> hyper::Result<http::Response<Incoming>> {
+    pub(crate) async fn send(
+        &mut self,
+        req: Request<Full<Bytes>>,
+    ) -> hyper::Result<http::Response<Incoming>> {
         match self {
             Conn::H1(s) => {
                 s.ready().await?;

@@ -6,6 +6,8 @@
 //! `cargo run --release -p shoal-bench -- api`.
 
 mod api;
+mod common;
+mod scheduler;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +25,8 @@ struct Cli {
 enum Command {
     /// API server: durable ConfigMap creates over HTTPS at 1 and 64 clients, and server RSS.
     Api(api::Args),
+    /// Scheduler: N simulated nodes, M pending pods scheduled end to end, Wasm vs native policies.
+    Scheduler(scheduler::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,11 +34,16 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let line = match cli.command {
-        Command::Api(a) => rt.block_on(api::run(a))?,
+    let (line, complete) = match cli.command {
+        Command::Api(a) => (rt.block_on(api::run(a))?, true),
+        Command::Scheduler(a) => rt.block_on(scheduler::run(a))?,
     };
     // Drop the runtime (and any lingering connection tasks) before the final line.
     drop(rt);
     println!("{line}");
+    if !complete {
+        // The figures are printed, but some run failed (its entry says why).
+        std::process::exit(1);
+    }
     Ok(())
 }

@@ -64,16 +64,22 @@ pub enum PluginCmd {
 async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
     let config = match kubeconfig {
         Some(p) => {
-            let kc = Kubeconfig::read_from(p).with_context(|| format!("reading kubeconfig {}", p.display()))?;
+            let kc = Kubeconfig::read_from(p)
+                .with_context(|| format!("reading kubeconfig {}", p.display()))?;
             kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?
         }
-        None => kube::Config::infer().await.context("finding a kubeconfig ($KUBECONFIG or ~/.kube/config)")?,
+        None => kube::Config::infer()
+            .await
+            .context("finding a kubeconfig ($KUBECONFIG or ~/.kube/config)")?,
     };
     Ok(kube::Client::try_from(config)?)
 }
 
 fn plugins(client: kube::Client) -> Api<DynamicObject> {
-    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("plugins.shoal.dev", "v1alpha1", "Plugin"), "plugins");
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("plugins.shoal.dev", "v1alpha1", "Plugin"),
+        "plugins",
+    );
     Api::all_with(client, &ar)
 }
 
@@ -92,8 +98,19 @@ fn digest_of(bytes: &[u8]) -> String {
 /// Run a `shoal plugin` subcommand.
 pub async fn run(cmd: PluginCmd) -> anyhow::Result<()> {
     match cmd {
-        PluginCmd::Install { kind, name, file, config, default, profiles, weight, kubeconfig, timeout } => {
-            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+        PluginCmd::Install {
+            kind,
+            name,
+            file,
+            config,
+            default,
+            profiles,
+            weight,
+            kubeconfig,
+            timeout,
+        } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             if !bytes.starts_with(b"\0asm") {
                 bail!("{} is not a WebAssembly file", file.display());
             }
@@ -107,7 +124,11 @@ pub async fn run(cmd: PluginCmd) -> anyhow::Result<()> {
             let client = client(kubeconfig.as_deref()).await?;
             let digest = digest_of(&bytes);
             let req = http::Request::put(format!("/shoal/v1/blobs/{digest}")).body(bytes)?;
-            client.request_text(req).await.map_err(explain).context("uploading the module")?;
+            client
+                .request_text(req)
+                .await
+                .map_err(explain)
+                .context("uploading the module")?;
             let api = plugins(client.clone());
             let mut spec = json!({"kind": kind, "digest": digest});
             if let Some(c) = config {
@@ -124,10 +145,18 @@ pub async fn run(cmd: PluginCmd) -> anyhow::Result<()> {
                 let mut profiles: Vec<String> = spec
                     .get("profiles")
                     .cloned()
-                    .or_else(|| existing.as_ref().and_then(|o| o.data.pointer("/spec/profiles").cloned()))
+                    .or_else(|| {
+                        existing
+                            .as_ref()
+                            .and_then(|o| o.data.pointer("/spec/profiles").cloned())
+                    })
                     .as_ref()
                     .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|v| v.as_str().map(str::to_string))
+                            .collect()
+                    })
                     .unwrap_or_else(|| vec![name.clone()]);
                 if !profiles.iter().any(|p| p == DEFAULT_PROFILE) {
                     profiles.push(DEFAULT_PROFILE.into());
@@ -136,7 +165,11 @@ pub async fn run(cmd: PluginCmd) -> anyhow::Result<()> {
             }
             let obj = match existing {
                 Some(_) => api
-                    .patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": spec})))
+                    .patch(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"spec": spec})),
+                    )
                     .await
                     .map_err(explain)?,
                 None => {
@@ -144,7 +177,9 @@ pub async fn run(cmd: PluginCmd) -> anyhow::Result<()> {
                         "apiVersion": "plugins.shoal.dev/v1alpha1", "kind": "Plugin",
                         "metadata": {"name": name}, "spec": spec,
                     }))?;
-                    api.create(&PostParams::default(), &obj).await.map_err(explain)?
+                    api.create(&PostParams::default(), &obj)
+                        .await
+                        .map_err(explain)?
                 }
             };
             let generation = obj.metadata.generation.unwrap_or(1);
@@ -158,16 +193,33 @@ pub async fn run(cmd: PluginCmd) -> anyhow::Result<()> {
         PluginCmd::List { kubeconfig } => {
             let api = plugins(client(kubeconfig.as_deref()).await?);
             let list = api.list(&Default::default()).await.map_err(explain)?;
-            println!("{:<20} {:<11} {:<20} {:<30} {:<7} REASON", "NAME", "KIND", "DIGEST", "PROFILES", "STATE");
+            println!(
+                "{:<20} {:<11} {:<20} {:<30} {:<7} REASON",
+                "NAME", "KIND", "DIGEST", "PROFILES", "STATE"
+            );
             for p in list.items {
-                let s = |ptr: &str| p.data.pointer(ptr).and_then(Value::as_str).unwrap_or("").to_string();
+                let s = |ptr: &str| {
+                    p.data
+                        .pointer(ptr)
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string()
+                };
                 let digest = s("/spec/digest");
-                let short = digest.strip_prefix("sha256:").map(|h| h.chars().take(12).collect()).unwrap_or(digest);
+                let short = digest
+                    .strip_prefix("sha256:")
+                    .map(|h| h.chars().take(12).collect())
+                    .unwrap_or(digest);
                 let profiles = p
                     .data
                     .pointer("/spec/profiles")
                     .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","))
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
                     .unwrap_or_default();
                 println!(
                     "{:<20} {:<11} {:<20} {:<30} {:<7} {}",
@@ -191,14 +243,22 @@ pub async fn run(cmd: PluginCmd) -> anyhow::Result<()> {
                 .data
                 .pointer("/spec/profiles")
                 .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_else(|| vec![name.clone()]);
             if !profiles.iter().any(|x| x == DEFAULT_PROFILE) {
                 profiles.push(DEFAULT_PROFILE.into());
             }
-            api.patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"profiles": profiles}})))
-                .await
-                .map_err(explain)?;
+            api.patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"profiles": profiles}})),
+            )
+            .await
+            .map_err(explain)?;
             take_default_profile(&api, &name, Duration::from_secs(60)).await?;
             println!("plugin {name} now scores the {DEFAULT_PROFILE} profile");
             Ok(())
@@ -207,22 +267,38 @@ pub async fn run(cmd: PluginCmd) -> anyhow::Result<()> {
 }
 
 /// Remove the default profile from every other scheduler plugin.
-async fn take_default_profile(api: &Api<DynamicObject>, keep: &str, timeout: Duration) -> anyhow::Result<()> {
+async fn take_default_profile(
+    api: &Api<DynamicObject>,
+    keep: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     for p in api.list(&Default::default()).await.map_err(explain)?.items {
         let name = p.metadata.name.clone().unwrap_or_default();
-        if name == keep || p.data.pointer("/spec/kind").and_then(Value::as_str) != Some("scheduler") {
+        if name == keep || p.data.pointer("/spec/kind").and_then(Value::as_str) != Some("scheduler")
+        {
             continue;
         }
         let profiles: Vec<String> = p
             .data
             .pointer("/spec/profiles")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_else(|| vec![name.clone()]);
         if profiles.iter().any(|x| x == DEFAULT_PROFILE) {
-            let rest: Vec<&String> = profiles.iter().filter(|x| x.as_str() != DEFAULT_PROFILE).collect();
+            let rest: Vec<&String> = profiles
+                .iter()
+                .filter(|x| x.as_str() != DEFAULT_PROFILE)
+                .collect();
             let o = api
-                .patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"profiles": rest}})))
+                .patch(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"profiles": rest}})),
+                )
                 .await
                 .map_err(explain)?;
             // Wait until the scheduler has the change, so "after the swap" means it.
@@ -233,20 +309,45 @@ async fn take_default_profile(api: &Api<DynamicObject>, keep: &str, timeout: Dur
 }
 
 /// Wait (watching the object) until the controller has looked at `generation`.
-async fn wait_ready(api: &Api<DynamicObject>, name: &str, generation: i64, timeout: Duration) -> anyhow::Result<String> {
+async fn wait_ready(
+    api: &Api<DynamicObject>,
+    name: &str,
+    generation: i64,
+    timeout: Duration,
+) -> anyhow::Result<String> {
     let cond = move |o: Option<&DynamicObject>| {
         o.is_some_and(|o| {
-            let observed = o.data.pointer("/status/observedGeneration").and_then(Value::as_i64).unwrap_or(0);
-            observed >= generation && o.data.pointer("/status/state").and_then(Value::as_str).is_some()
+            let observed = o
+                .data
+                .pointer("/status/observedGeneration")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            observed >= generation
+                && o.data
+                    .pointer("/status/state")
+                    .and_then(Value::as_str)
+                    .is_some()
         })
     };
-    let obj = tokio::time::timeout(timeout, kube::runtime::wait::await_condition(api.clone(), name, cond))
-        .await
-        .with_context(|| format!("plugin {name} did not report a state within {timeout:?}"))??
-        .context("the plugin was deleted while waiting")?;
-    let state = obj.data.pointer("/status/state").and_then(Value::as_str).unwrap_or("").to_string();
+    let obj = tokio::time::timeout(
+        timeout,
+        kube::runtime::wait::await_condition(api.clone(), name, cond),
+    )
+    .await
+    .with_context(|| format!("plugin {name} did not report a state within {timeout:?}"))??
+    .context("the plugin was deleted while waiting")?;
+    let state = obj
+        .data
+        .pointer("/status/state")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     if state == "Failed" {
-        let reason = obj.data.pointer("/status/reason").and_then(Value::as_str).unwrap_or("");
+        let reason = obj
+            .data
+            .pointer("/status/reason")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         bail!("plugin {name} failed: {reason}");
     }
     Ok(state)

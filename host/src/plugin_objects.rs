@@ -272,9 +272,17 @@ impl PluginController {
             if failed_now {
                 continue;
             }
-            let timeout = spec.get("timeoutSeconds").and_then(Value::as_f64).map(Duration::from_secs_f64);
+            let timeout = spec
+                .get("timeoutSeconds")
+                .and_then(Value::as_f64)
+                .map(Duration::from_secs_f64);
             let loaded = match current.get(&name) {
-                Some(e) if e.digest == digest && e.kind == kind && e.loaded.limits().timeout == timeout.unwrap_or(e.loaded.limits().timeout) => {
+                Some(e)
+                    if e.digest == digest
+                        && e.kind == kind
+                        && e.loaded.limits().timeout
+                            == timeout.unwrap_or(e.loaded.limits().timeout) =>
+                {
                     Ok(e.loaded.clone())
                 }
                 _ => self.load(&name, kind, &digest, timeout).await,
@@ -349,11 +357,16 @@ impl PluginController {
         );
         tokio::task::spawn_blocking(move || {
             let bytes = blobs.get(&digest).map_err(|e| e.to_string())?;
-            let loaded = runtime.load(&name, kind, &bytes).map_err(|e| e.to_string())?;
+            let loaded = runtime
+                .load(&name, kind, &bytes)
+                .map_err(|e| e.to_string())?;
             // spec.timeoutSeconds bounds each call of this plugin.
             let loaded = match timeout {
                 Some(t) => {
-                    let limits = crate::plugin::Limits { timeout: t, ..loaded.limits().clone() };
+                    let limits = crate::plugin::Limits {
+                        timeout: t,
+                        ..loaded.limits().clone()
+                    };
                     loaded.with_limits(limits)
                 }
                 None => loaded,

@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 /// Scheduler options.
 #[derive(Debug, Clone, Default)]
@@ -34,29 +34,114 @@ pub struct SchedulerConfig {
     pub native_builtins: bool,
 }
 
-/// Start the scheduler thread. It stops when `stop` is notified.
+/// Inputs to the scheduler thread.
+enum Input {
+    /// A fresh list: all nodes and pods (raw JSON) at one revision.
+    Reset {
+        nodes: Vec<bytes::Bytes>,
+        pods: Vec<bytes::Bytes>,
+    },
+    /// Node changes.
+    Nodes(Vec<Event>),
+    /// Pod changes.
+    Pods(Vec<Event>),
+    /// A new plugin set.
+    Plugins(Arc<PluginSet>),
+    /// A bind finished.
+    Bound(String, BindOutcome),
+}
+
+/// Start the scheduler. Policy calls are synchronous, so the scheduling loop
+/// runs on its own OS thread outside any async runtime; an informer task on
+/// the server's runtime feeds it list+watch events through a channel, and
+/// binds and status writes go back to that runtime.
 pub fn spawn(
     state: Arc<AppState>,
     plugins: watch::Receiver<Arc<PluginSet>>,
     config: SchedulerConfig,
     stop: Arc<tokio::sync::Notify>,
 ) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let rt = tokio::runtime::Handle::current();
+    let informer = rt.spawn(informer(state.clone(), tx.clone(), plugins));
+    rt.spawn(async move {
+        stop.notified().await;
+        informer.abort();
+    });
     std::thread::Builder::new()
         .name("scheduler".into())
         .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("scheduler runtime");
-            rt.block_on(async move {
-                let mut s = Scheduler::new(state, plugins, config);
-                tokio::select! {
-                    _ = stop.notified() => {}
-                    _ = s.run() => {}
-                }
-            });
+            let mut s = Scheduler::new(state, config, rt, tx);
+            s.run(rx);
         })
         .expect("spawn scheduler thread");
+}
+
+/// List, then watch from the list's revision (an informer), forwarding to the
+/// scheduler thread; relists when a watch ends.
+async fn informer(
+    state: Arc<AppState>,
+    tx: std::sync::mpsc::Sender<Input>,
+    mut plugins: watch::Receiver<Arc<PluginSet>>,
+) {
+    let pods_info = resources::lookup("", "v1", "pods").expect("pods");
+    let nodes_info = resources::lookup("", "v1", "nodes").expect("nodes");
+    if tx
+        .send(Input::Plugins(plugins.borrow_and_update().clone()))
+        .is_err()
+    {
+        return;
+    }
+    loop {
+        let lists = state
+            .store
+            .list(&nodes_info.prefix(None), None, 0, None)
+            .and_then(|nl| {
+                let pl = state
+                    .store
+                    .list(&pods_info.prefix(None), None, 0, Some(nl.revision))?;
+                Ok((nl, pl))
+            });
+        let Ok((nl, pl)) = lists else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        let rev = nl.revision;
+        let (Ok(mut node_w), Ok(mut pod_w)) = (
+            state.store.watch(&nodes_info.prefix(None), rev),
+            state.store.watch(&pods_info.prefix(None), rev),
+        ) else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        let reset = Input::Reset {
+            nodes: nl.items.into_iter().map(|kv| kv.value).collect(),
+            pods: pl.items.into_iter().map(|kv| kv.value).collect(),
+        };
+        if tx.send(reset).is_err() {
+            return;
+        }
+        loop {
+            let input = tokio::select! {
+                ev = node_w.next() => match ev {
+                    Some(Ok(evs)) => Input::Nodes(evs),
+                    _ => break,
+                },
+                ev = pod_w.next() => match ev {
+                    Some(Ok(evs)) => Input::Pods(evs),
+                    _ => break,
+                },
+                r = plugins.changed() => match r {
+                    Ok(()) => Input::Plugins(plugins.borrow_and_update().clone()),
+                    Err(_) => return,
+                },
+            };
+            if tx.send(input).is_err() {
+                return;
+            }
+        }
+        tracing::warn!("scheduler: watch ended; relisting");
+    }
 }
 
 struct Slot {
@@ -87,7 +172,9 @@ enum BindOutcome {
 
 struct Scheduler {
     state: Arc<AppState>,
-    plugins: watch::Receiver<Arc<PluginSet>>,
+    rt: tokio::runtime::Handle,
+    inputs: std::sync::mpsc::Sender<Input>,
+    plugin_set: Arc<PluginSet>,
     config: SchedulerConfig,
     policies: BTreeMap<String, Slot>,
     queue: Queue,
@@ -100,8 +187,6 @@ struct Scheduler {
     assumed: HashMap<String, String>,
     outbox: Vec<ObjectEvent>,
     offset: usize,
-    binds_tx: mpsc::UnboundedSender<(String, BindOutcome)>,
-    binds_rx: mpsc::UnboundedReceiver<(String, BindOutcome)>,
     builtin_default: String,
     builtin_binpack: String,
 }
@@ -120,13 +205,15 @@ fn is_terminal(pod: &Value) -> bool {
 impl Scheduler {
     fn new(
         state: Arc<AppState>,
-        plugins: watch::Receiver<Arc<PluginSet>>,
         config: SchedulerConfig,
+        rt: tokio::runtime::Handle,
+        inputs: std::sync::mpsc::Sender<Input>,
     ) -> Scheduler {
-        let (binds_tx, binds_rx) = mpsc::unbounded_channel();
         Scheduler {
             state,
-            plugins,
+            rt,
+            inputs,
+            plugin_set: Arc::new(PluginSet::new()),
             config,
             policies: BTreeMap::new(),
             queue: Queue::default(),
@@ -139,93 +226,57 @@ impl Scheduler {
             assumed: HashMap::new(),
             outbox: Vec::new(),
             offset: 0,
-            binds_tx,
-            binds_rx,
             builtin_default: crate::blobs::digest_of(artifacts::DEFAULT_SCHEDULER),
             builtin_binpack: crate::blobs::digest_of(artifacts::BINPACK),
         }
     }
 
-    async fn run(&mut self) {
+    fn run(&mut self, rx: std::sync::mpsc::Receiver<Input>) {
+        use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
         loop {
-            let pods_info = resources::lookup("", "v1", "pods").expect("pods");
-            let nodes_info = resources::lookup("", "v1", "nodes").expect("nodes");
-            // List, then watch from the list's revision (an informer).
-            let Ok(nl) = self
-                .state
-                .store
-                .list(&nodes_info.prefix(None), None, 0, None)
-            else {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            };
-            let Ok(pl) = self
-                .state
-                .store
-                .list(&pods_info.prefix(None), None, 0, Some(nl.revision))
-            else {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            };
-            self.reset();
-            for kv in &nl.items {
-                self.on_node(EventKind::Put, Some(&kv.value), None);
-            }
-            for kv in &pl.items {
-                self.on_pod(EventKind::Put, Some(&kv.value), None);
-            }
-            let rev = nl.revision;
-            let (Ok(mut node_w), Ok(mut pod_w)) = (
-                self.state.store.watch(&nodes_info.prefix(None), rev),
-                self.state.store.watch(&pods_info.prefix(None), rev),
-            ) else {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            };
-            self.sync_plugins();
-            'watching: loop {
-                // Take in everything already waiting before the next attempt.
-                loop {
-                    tokio::select! {
-                        biased;
-                        ev = node_w.next() => match ev {
-                            Some(Ok(evs)) => self.apply(&evs, true),
-                            _ => break 'watching,
-                        },
-                        ev = pod_w.next() => match ev {
-                            Some(Ok(evs)) => self.apply(&evs, false),
-                            _ => break 'watching,
-                        },
-                        Some((key, outcome)) = self.binds_rx.recv() => self.on_bound(&key, outcome),
-                        Ok(()) = self.plugins.changed() => self.sync_plugins(),
-                        _ = futures::future::ready(()) => break,
-                    }
-                }
-                let next_backoff = self.queue.flush_backoff(Instant::now());
-                if let Some(key) = self.queue.pop() {
-                    self.schedule_one(&key);
-                    // Let bind tasks and watches progress between attempts.
-                    tokio::task::yield_now().await;
-                    continue;
-                }
-                let sleep = next_backoff
-                    .map(|t| t.saturating_duration_since(Instant::now()))
-                    .unwrap_or(Duration::from_secs(3600));
-                tokio::select! {
-                    ev = node_w.next() => match ev {
-                        Some(Ok(evs)) => self.apply(&evs, true),
-                        _ => break 'watching,
-                    },
-                    ev = pod_w.next() => match ev {
-                        Some(Ok(evs)) => self.apply(&evs, false),
-                        _ => break 'watching,
-                    },
-                    Some((key, outcome)) = self.binds_rx.recv() => self.on_bound(&key, outcome),
-                    Ok(()) = self.plugins.changed() => self.sync_plugins(),
-                    _ = tokio::time::sleep(sleep) => {}
+            // Take in everything already waiting before the next attempt.
+            loop {
+                match rx.try_recv() {
+                    Ok(input) => self.handle(input),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return,
                 }
             }
-            tracing::warn!("scheduler: watch ended; relisting");
+            let next_backoff = self.queue.flush_backoff(Instant::now());
+            if let Some(key) = self.queue.pop() {
+                self.schedule_one(&key);
+                continue;
+            }
+            let wait = next_backoff
+                .map(|t| t.saturating_duration_since(Instant::now()))
+                .unwrap_or(Duration::from_secs(3600));
+            match rx.recv_timeout(wait) {
+                Ok(input) => self.handle(input),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Reset { nodes, pods } => {
+                self.reset();
+                for n in &nodes {
+                    self.on_node(EventKind::Put, Some(n), None);
+                }
+                for p in &pods {
+                    self.on_pod(EventKind::Put, Some(p), None);
+                }
+                self.sync_plugins();
+            }
+            Input::Nodes(evs) => self.apply(&evs, true),
+            Input::Pods(evs) => self.apply(&evs, false),
+            Input::Plugins(set) => {
+                self.plugin_set = set;
+                self.sync_plugins();
+            }
+            Input::Bound(key, outcome) => self.on_bound(&key, outcome),
         }
     }
 
@@ -434,7 +485,7 @@ impl Scheduler {
 
     /// Bring the policy instances in line with the published plugin set.
     fn sync_plugins(&mut self) {
-        let set = self.plugins.borrow_and_update().clone();
+        let set = self.plugin_set.clone();
         let mut next = BTreeMap::new();
         for (name, entry) in set
             .iter()
@@ -506,7 +557,7 @@ impl Scheduler {
         tracing::warn!(plugin = %entry.name, error = %e, "scheduler policy failed; continuing without it");
         let state = self.state.clone();
         let (name, reason, generation) = (entry.name.clone(), e.to_string(), entry.generation);
-        tokio::spawn(async move {
+        self.rt.spawn(async move {
             let _ = plugin_objects::set_status(&state, &name, "Failed", &reason, Some(generation))
                 .await;
         });
@@ -669,11 +720,11 @@ impl Scheduler {
         self.assumed.insert(key.to_string(), node.clone());
         self.queue.remove(key);
 
-        // Bind asynchronously; the outcome comes back through `binds_rx`.
+        // Bind asynchronously; the outcome comes back as an input.
         let state = self.state.clone();
-        let tx = self.binds_tx.clone();
+        let tx = self.inputs.clone();
         let k = key.to_string();
-        tokio::spawn(async move {
+        self.rt.spawn(async move {
             let info = resources::lookup("", "v1", "pods").expect("pods");
             let t = Target {
                 info,
@@ -688,7 +739,7 @@ impl Scheduler {
                 | Err(crate::api::error::ApiError::Conflict { .. }) => BindOutcome::Gone,
                 Err(e) => BindOutcome::Retry(format!("{:?}", e.status()["message"])),
             };
-            let _ = tx.send((k, outcome));
+            let _ = tx.send(Input::Bound(k, outcome));
         });
     }
 
@@ -716,7 +767,7 @@ impl Scheduler {
     fn mark_unschedulable(&self, ns: &str, name: &str, message: String) {
         let state = self.state.clone();
         let (ns, name) = (ns.to_string(), name.to_string());
-        tokio::spawn(async move {
+        self.rt.spawn(async move {
             if let Err(e) = record_unschedulable(&state, &ns, &name, &message).await {
                 tracing::debug!(pod = %name, error = ?e.status(), "could not record unschedulable pod");
             }
@@ -733,13 +784,28 @@ async fn record_unschedulable(
 ) -> Result<(), crate::api::error::ApiError> {
     let info = resources::lookup("", "v1", "pods").expect("pods");
     let key = info.key(Some(ns), name);
-    let mut uid = String::new();
+    let uid = match state.store.get(&key)? {
+        Some(kv) => object::meta_str(&object::from_store(&kv)?, "uid")
+            .unwrap_or("")
+            .to_string(),
+        None => return Ok(()),
+    };
+    let now = object::now_rfc3339();
+    let event = json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": object::generate_name(&format!("{name}.")), "namespace": ns},
+        "involvedObject": {"kind": "Pod", "namespace": ns, "name": name, "uid": uid, "apiVersion": "v1"},
+        "reason": "FailedScheduling", "message": message, "type": "Warning",
+        "source": {"component": DEFAULT_PROFILE}, "reportingComponent": DEFAULT_PROFILE,
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+    });
+    // The Event goes first, so whoever sees the condition can also find it.
+    handlers::create_object(state, "", "events", Some(ns), event).await?;
     for _ in 0..8 {
         let Some(kv) = state.store.get(&key)? else {
             return Ok(());
         };
         let mut pod = object::from_store(&kv)?;
-        uid = object::meta_str(&pod, "uid").unwrap_or("").to_string();
         let mut conds: Vec<Value> = pod
             .pointer("/status/conditions")
             .and_then(Value::as_array)
@@ -767,16 +833,5 @@ async fn record_unschedulable(
             Err(e) => return Err(e.into()),
         }
     }
-    let now = object::now_rfc3339();
-    let event = json!({
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"name": object::generate_name(&format!("{name}.")), "namespace": ns},
-        "involvedObject": {"kind": "Pod", "namespace": ns, "name": name, "uid": uid, "apiVersion": "v1"},
-        "reason": "FailedScheduling", "message": message, "type": "Warning",
-        "source": {"component": DEFAULT_PROFILE}, "reportingComponent": DEFAULT_PROFILE,
-        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-    });
-    handlers::create_object(state, "", "events", Some(ns), event)
-        .await
-        .map(|_| ())
+    Ok(())
 }
