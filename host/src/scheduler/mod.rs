@@ -592,7 +592,7 @@ impl Scheduler {
         let scorers: Vec<String> = self
             .policies
             .iter()
-            .filter(|(_, s)| s.entry.profiles.iter().any(|p| *p == profile))
+            .filter(|(_, s)| s.entry.profiles.contains(&profile))
             .map(|(n, _)| n.clone())
             .collect();
         if scorers.is_empty() {

@@ -105,10 +105,10 @@ impl Queue {
     /// The attempt failed for another reason (bind error): retry after backoff.
     pub fn retry_later(&mut self, key: &str, now: Instant) {
         *self.attempts.entry(key.to_string()).or_default() += 1;
-        self.to_backoff(key, now);
+        self.park_in_backoff(key, now);
     }
 
-    fn to_backoff(&mut self, key: &str, now: Instant) {
+    fn park_in_backoff(&mut self, key: &str, now: Instant) {
         let attempts = self.attempts.get(key).copied().unwrap_or(1);
         self.seq += 1;
         let at = (now + Self::delay(attempts), self.seq);
@@ -121,7 +121,7 @@ impl Queue {
     pub fn cluster_changed(&mut self, now: Instant) {
         let parked: Vec<String> = self.unschedulable.drain().collect();
         for key in parked {
-            self.to_backoff(&key, now);
+            self.park_in_backoff(&key, now);
         }
     }
 
