@@ -15,9 +15,14 @@ fi
 if [ ! -x /usr/bin/kubectl ]; then
   echo "note: /usr/bin/kubectl is missing; the kubectl end-to-end test will skip" >&2
 fi
+# Plugins are built to WebAssembly components by host/build.rs.
+rustup target list --installed 2>/dev/null | grep -q '^wasm32-wasip2$' || rustup target add wasm32-wasip2
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 
 cargo fmt --all -- --check
+(cd plugins && cargo fmt --all -- --check)
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
+# The plugin workspace's native crate (the scheduling policy logic).
+(cd plugins && cargo clippy --all-targets -- -D warnings && cargo test)

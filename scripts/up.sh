@@ -7,6 +7,7 @@ DATA_DIR="${SHOAL_DATA_DIR:-/var/lib/shoal}"
 LISTEN="${SHOAL_LISTEN:-127.0.0.1:6443}"
 
 command -v gcc >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential; }
+rustup target list --installed 2>/dev/null | grep -q '^wasm32-wasip2$' || rustup target add wasm32-wasip2
 cargo build --release -p shoal
 BIN="$PWD/target/release/shoal"
 

@@ -742,7 +742,7 @@ pub fn prepare_create(
     Ok(obj)
 }
 
-async fn create(state: &AppState, t: &Target, obj: Value, query: &Query) -> ApiResult<Value> {
+pub(crate) async fn create(state: &AppState, t: &Target, obj: Value, query: &Query) -> ApiResult<Value> {
     if t.name.is_some() {
         return Err(ApiError::MethodNotAllowed(
             "POST is not supported on a named object".into(),
@@ -1038,7 +1038,7 @@ fn old_is_graceful(old: &Value) -> bool {
         > 0
 }
 
-async fn update(
+pub(crate) async fn update(
     state: &AppState,
     t: &Target,
     body: Value,
@@ -1133,7 +1133,7 @@ fn apply_patch(
     }
 }
 
-async fn patch(
+pub(crate) async fn patch(
     state: &AppState,
     t: &Target,
     ct: &str,

@@ -1,6 +1,7 @@
 //! The Kubernetes-compatible REST API.
 
 pub mod blobs;
+pub mod client;
 pub mod discovery;
 pub mod error;
 pub mod handlers;

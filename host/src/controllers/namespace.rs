@@ -1,5 +1,4 @@
-//! Controllers that run inside the host. For now: the namespace controller,
-//! which empties a deleted namespace and then removes it.
+//! The namespace controller: empties a deleted namespace, then removes it.
 
 use crate::api::handlers::{self, Target};
 use crate::api::{object, resources, AppState};
@@ -7,33 +6,13 @@ use futures::StreamExt;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
 
-/// Outcome of one reconcile, in kube-runtime's style.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Action {
-    /// Look again after this long.
-    Requeue(Duration),
-    /// Nothing to do until the object changes.
-    AwaitChange,
-}
-
-/// Start the in-process controllers; notify the returned handle to stop them.
-pub fn spawn(state: Arc<AppState>) -> Arc<Notify> {
-    let stop = Arc::new(Notify::new());
-    let s = stop.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = s.notified() => {}
-            _ = namespace_controller(state) => {}
-        }
-    });
-    stop
-}
+use super::Action;
 
 /// Level-based: on any namespace change, and while some namespace is
 /// terminating, reconcile every terminating namespace.
-async fn namespace_controller(state: Arc<AppState>) {
+/// Run the namespace controller until aborted.
+pub async fn run(state: Arc<AppState>) {
     let info = resources::lookup("", "v1", "namespaces").expect("namespaces are served");
     loop {
         let from = state.store.current_revision();
