@@ -320,6 +320,34 @@ fn unbounded_allocation_hits_the_memory_limit() {
 }
 
 #[test]
+fn limits_also_bound_instantiation() {
+    let rt = runtime();
+    let plugin = rt
+        .load(
+            "default",
+            PluginKind::Scheduler,
+            artifacts::DEFAULT_SCHEDULER,
+        )
+        .unwrap();
+    // Less memory than the component's initial memory.
+    let tiny = plugin.clone().with_limits(Limits {
+        memory_bytes: 64 << 10,
+        ..Limits::default()
+    });
+    let err = tiny.instantiate_scheduler().err().expect("must not fit");
+    assert!(matches!(err, PluginError::ResourceLimit { .. }), "{err:?}");
+    // Fewer core instances than the component is made of.
+    let few = plugin.clone().with_limits(Limits {
+        instances: 1,
+        ..Limits::default()
+    });
+    let err = few.instantiate_scheduler().err().expect("must not fit");
+    assert!(matches!(err, PluginError::ResourceLimit { .. }), "{err:?}");
+    // The defaults fit.
+    plugin.instantiate_scheduler().unwrap();
+}
+
+#[test]
 fn wrong_world_is_refused_with_a_clear_error() {
     let rt = runtime();
     let bytes = read(artifacts::FAULT_BAD_WORLD_PATH);
