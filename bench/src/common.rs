@@ -49,6 +49,92 @@ pub(crate) fn round(x: f64, digits: i32) -> f64 {
     (x * f).round() / f
 }
 
+/// CPU time (user + system, in seconds) used so far by process `pid`, or
+/// only by its threads named `thread` (as in /proc/PID/task/TID/comm).
+pub(crate) fn cpu_seconds(pid: u32, thread: Option<&str>) -> Result<f64> {
+    let ticks = |stat: &str| -> Result<u64> {
+        // Fields after "(comm)": state is field 3, utime 14, stime 15.
+        let rest = stat
+            .rsplit_once(')')
+            .ok_or_else(|| anyhow!("malformed stat line: {stat}"))?
+            .1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let get = |i: usize| -> Result<u64> {
+            f.get(i - 3)
+                .ok_or_else(|| anyhow!("short stat line: {stat}"))?
+                .parse()
+                .with_context(|| format!("malformed stat line: {stat}"))
+        };
+        Ok(get(14)? + get(15)?)
+    };
+    let total = match thread {
+        None => ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat"))?)?,
+        Some(name) => {
+            let mut sum = 0;
+            for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+                let dir = task?.path();
+                // Threads may exit while we look: skip the ones that vanished.
+                let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+                    continue;
+                };
+                if comm.trim_end() == name {
+                    if let Ok(stat) = std::fs::read_to_string(dir.join("stat")) {
+                        sum += ticks(&stat)?;
+                    }
+                }
+            }
+            sum
+        }
+    };
+    Ok(total as f64 / clock_ticks_per_s())
+}
+
+/// Bytes process `pid` has caused to be written to storage (/proc/PID/io write_bytes).
+pub(crate) fn io_write_bytes(pid: u32) -> Result<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .with_context(|| format!("reading /proc/{pid}/io"))?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .ok_or_else(|| anyhow!("no write_bytes in /proc/{pid}/io"))?
+        .trim()
+        .parse()
+        .context("malformed write_bytes line")
+}
+
+/// USER_HZ, from `getconf CLK_TCK` (100 if that fails).
+fn clock_ticks_per_s() -> f64 {
+    static HZ: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *HZ.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse::<f64>().ok())
+            .filter(|hz| *hz > 0.0)
+            .unwrap_or(100.0)
+    })
+}
+
+/// `text` without ANSI escape sequences (CSI `ESC [ ... letter`).
+pub(crate) fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// VmRSS of `pid` in MiB.
 pub(crate) fn rss_mb(pid: u32) -> Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -18,10 +18,18 @@
 //! Figures per run: pods/s = M / (last bind seen − first create start),
 //! p50/p99 of per-pod latency (bind seen − create start), distinct nodes
 //! used, and whether every pod went from unbound to bound exactly once and
-//! never moved. Every request goes to 127.0.0.1 only; every loop is bounded
-//! by a count or a deadline.
+//! never moved. Diagnostics beside them, over the same timed window: CPU of
+//! the server, of its `scheduler` thread (policy calls run there) and of this
+//! process; bytes the server wrote to disk; the store's group commits (from
+//! /metrics: count, mean latency, transactions per commit, and the fraction
+//! of the window the single writer spent committing). The top-level
+//! `wasm_over_native_<N>` is native pods/s ÷ Wasm pods/s (Wasm time over
+//! native time); `wasm_over_native_sched_cpu_<N>` is the same ratio for the
+//! scheduler thread's CPU alone. Every request goes to 127.0.0.1 only; every
+//! loop is bounded by a count or a deadline. The POLL at 50 ms is used only
+//! for setup (plugin Ready), never inside the timed window.
 
-use crate::common::{round, rss_mb, Conn, Ctx, Server};
+use crate::common::{cpu_seconds, io_write_bytes, round, rss_mb, strip_ansi, Conn, Ctx, Server};
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use http::{Method, StatusCode};
@@ -38,7 +46,7 @@ use tokio::sync::{oneshot, watch};
 
 /// Requests in flight while creating nodes and pods.
 const CLIENTS: usize = 64;
-/// Poll interval while waiting for setup conditions (plugin Ready, warm-up pod).
+/// Poll interval while waiting for the plugin to be Ready (setup only).
 const POLL: Duration = Duration::from_millis(50);
 /// Longest wait for a setup condition.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(120);
@@ -121,28 +129,45 @@ pub async fn run(args: Args) -> Result<(String, bool)> {
             results.push(r);
         }
     }
+    let mut ratios = Vec::new();
+    for &n in &args.nodes {
+        // A figure of the complete (N, mode) run.
+        let fig = |mode: &str, key: &str| {
+            results
+                .iter()
+                .find(|r| r["nodes"] == json!(n) && r["mode"] == mode)
+                .filter(|r| r.get("error").is_none())
+                .and_then(|r| r[key].as_f64())
+                .filter(|x| *x > 0.0)
+        };
+        let ratio = |num: Option<f64>, den: Option<f64>| match (num, den) {
+            (Some(a), Some(b)) => json!(round(a / b, 3)),
+            _ => Value::Null,
+        };
+        if args.modes.len() > 1 {
+            // End to end: native pods/s over Wasm pods/s (= Wasm time over native time).
+            ratios.push((
+                format!("wasm_over_native_{n}"),
+                ratio(fig("native", "pods_per_s"), fig("wasm", "pods_per_s")),
+            ));
+            // The scheduler thread's CPU alone, Wasm over native.
+            ratios.push((
+                format!("wasm_over_native_sched_cpu_{n}"),
+                ratio(
+                    fig("wasm", "scheduler_thread_cpu_s"),
+                    fig("native", "scheduler_thread_cpu_s"),
+                ),
+            ));
+        }
+    }
     let mut out = json!({
         "bench": "scheduler",
         "machine_cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "pods": args.pods,
         "results": results,
     });
-    for &n in &args.nodes {
-        let rate = |mode: &str| {
-            out["results"]
-                .as_array()
-                .and_then(|rs| {
-                    rs.iter()
-                        .find(|r| r["nodes"] == json!(n) && r["mode"] == mode)
-                })
-                .filter(|r| r.get("error").is_none())
-                .and_then(|r| r["pods_per_s"].as_f64())
-        };
-        if let (Some(w), Some(nat)) = (rate("wasm"), rate("native")) {
-            out[format!("wasm_over_native_{n}")] = json!(round(nat / w, 3));
-        } else if args.modes.len() > 1 {
-            out[format!("wasm_over_native_{n}")] = Value::Null;
-        }
+    for (k, v) in ratios {
+        out[k] = v;
     }
     eprintln!(
         "scheduler bench finished in {:.1}s",
@@ -164,7 +189,7 @@ async fn run_one(bin: &Path, args: &Args, nodes: usize, mode: Mode) -> Result<Va
     let crashed = server.exited();
 
     // What the server said about itself: warnings and errors in its log.
-    let log = server.log_text();
+    let log = strip_ansi(&server.log_text());
     let noisy: Vec<&str> = log
         .lines()
         .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
@@ -181,7 +206,9 @@ async fn run_one(bin: &Path, args: &Args, nodes: usize, mode: Mode) -> Result<Va
             eprintln!("saving the server log to {}: {e}", path.display());
         }
     }
+    let stopping = Instant::now();
     let stop = server.stop().await;
+    let stop_s = stopping.elapsed().as_secs_f64();
     match stop {
         Ok(st) if st.success() => {}
         Ok(st) => eprintln!("server exited with {st} after SIGTERM"),
@@ -191,6 +218,8 @@ async fn run_one(bin: &Path, args: &Args, nodes: usize, mode: Mode) -> Result<Va
     let mut figures = result?;
     figures["server_rss_mb"] = json!(rss.map(|r| round(r, 1)));
     figures["server_warn_lines"] = json!(noisy.len());
+    // SIGTERM until exit (and the temp dir removed).
+    figures["server_stop_s"] = json!(round(stop_s, 2));
     if let Some(st) = crashed {
         figures["error"] = json!(format!("server exited during the run: {st}"));
     }
@@ -279,6 +308,7 @@ async fn measure(server: &Server, args: &Args, nodes: usize, mode: Mode) -> Resu
         "warm-up pod bound after {warmup_bind_ms:.1} ms; creating {} pods",
         args.pods
     );
+    let use_before = Usage::now(server.pid, &ctx, &mut control).await;
 
     // Timed: M pods created by 64 clients; the watch sees them bound.
     let timeout = Duration::from_secs(args.timeout);
@@ -323,6 +353,9 @@ async fn measure(server: &Server, args: &Args, nodes: usize, mode: Mode) -> Resu
             }
         }
     }
+    let used = Usage::now(server.pid, &ctx, &mut control)
+        .await
+        .since(&use_before);
     if failure.is_none() {
         tokio::time::sleep(GRACE).await;
     }
@@ -395,11 +428,31 @@ async fn measure(server: &Server, args: &Args, nodes: usize, mode: Mode) -> Resu
     r["bound_exactly_once"] = json!(exactly_once);
     r["schedule_s"] = json!(round(span, 3));
     r["create_s"] = json!(round(create_s, 3));
+    r["last_bind_after_last_create_ms"] = json!(round(
+        (last.saturating_duration_since(made.end).as_secs_f64()
+            - made.end.saturating_duration_since(last).as_secs_f64())
+            * 1000.0,
+        1
+    ));
     r["create_errors"] = json!(made.errors);
     r["nodes_create_s"] = json!(round(nodes_create_s, 3));
     r["plugin_ready_s"] = json!(round(plugin_ready_s, 3));
     r["warmup_bind_ms"] = json!(round(warmup_bind_ms, 1));
     r["watch_events"] = json!(tracked.events);
+    // Resources used from just before the first pod create until all were bound.
+    let per_pod = |x: Option<f64>, scale: f64| x.map(|x| round(x * scale / want as f64, 1));
+    r["server_cpu_s"] = json!(used.server_cpu.map(|c| round(c, 2)));
+    r["scheduler_thread_cpu_s"] = json!(used.scheduler_cpu.map(|c| round(c, 2)));
+    r["scheduler_cpu_us_per_pod"] = json!(per_pod(used.scheduler_cpu, 1e6));
+    r["bench_cpu_s"] = json!(used.bench_cpu.map(|c| round(c, 2)));
+    r["server_disk_write_mb"] = json!(used.write_bytes.map(|b| round(b / 1048576.0, 1)));
+    r["server_disk_write_kb_per_pod"] = json!(per_pod(used.write_bytes, 1.0 / 1024.0));
+    if let Some(st) = used.store {
+        r["store_commits"] = json!(st.count);
+        r["store_commit_mean_ms"] = json!(round(st.seconds * 1000.0 / st.count.max(1.0), 2));
+        r["store_txns_per_commit"] = json!(round(st.txns / st.count.max(1.0), 1));
+        r["store_writer_busy"] = json!(round(st.seconds / span, 2));
+    }
     if made.errors > 0 {
         r["error"] = json!(format!(
             "{} of {} pod creates failed ({} with 5xx)",
@@ -415,6 +468,90 @@ async fn measure(server: &Server, args: &Args, nodes: usize, mode: Mode) -> Resu
         nodes_used.len()
     );
     Ok(r)
+}
+
+/// Resource use so far: CPU of the server, its scheduler thread and this
+/// process; bytes the server wrote to disk; the store's commit counters.
+struct Usage {
+    server_cpu: Option<f64>,
+    scheduler_cpu: Option<f64>,
+    bench_cpu: Option<f64>,
+    write_bytes: Option<f64>,
+    store: Option<StoreCommits>,
+}
+
+/// The store's group-commit counters from /metrics.
+#[derive(Clone, Copy)]
+struct StoreCommits {
+    /// Commits.
+    count: f64,
+    /// Seconds spent committing.
+    seconds: f64,
+    /// Transactions folded into those commits.
+    txns: f64,
+}
+
+impl Usage {
+    async fn now(server_pid: u32, ctx: &Ctx, conn: &mut Conn) -> Usage {
+        let store = match store_commits(ctx, conn).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("reading the store commit metrics: {e:#}");
+                None
+            }
+        };
+        Usage {
+            server_cpu: cpu_seconds(server_pid, None).ok(),
+            scheduler_cpu: cpu_seconds(server_pid, Some("scheduler")).ok(),
+            bench_cpu: cpu_seconds(std::process::id(), None).ok(),
+            write_bytes: io_write_bytes(server_pid).ok().map(|b| b as f64),
+            store,
+        }
+    }
+
+    fn since(&self, before: &Usage) -> Usage {
+        let d = |a: Option<f64>, b: Option<f64>| Some(a? - b?);
+        Usage {
+            server_cpu: d(self.server_cpu, before.server_cpu),
+            scheduler_cpu: d(self.scheduler_cpu, before.scheduler_cpu),
+            bench_cpu: d(self.bench_cpu, before.bench_cpu),
+            write_bytes: d(self.write_bytes, before.write_bytes),
+            store: match (self.store, before.store) {
+                (Some(a), Some(b)) => Some(StoreCommits {
+                    count: a.count - b.count,
+                    seconds: a.seconds - b.seconds,
+                    txns: a.txns - b.txns,
+                }),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// Read the store commit counters from the server's Prometheus /metrics.
+async fn store_commits(ctx: &Ctx, conn: &mut Conn) -> Result<StoreCommits> {
+    if conn.is_closed() {
+        *conn = ctx.connect().await?;
+    }
+    let req = ctx.request(conn, Method::GET, "/metrics", Bytes::new())?;
+    let (status, body) = conn.call(req).await.context("GET /metrics")?;
+    if status != StatusCode::OK {
+        bail!("GET /metrics: {status}");
+    }
+    let text = String::from_utf8_lossy(&body);
+    let value = |name: &str| -> Result<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .ok_or_else(|| anyhow!("/metrics has no {name}"))?
+            .trim()
+            .parse()
+            .with_context(|| format!("parsing {name}"))
+    };
+    Ok(StoreCommits {
+        count: value("shoal_store_commit_duration_seconds_count")?,
+        seconds: value("shoal_store_commit_duration_seconds_sum")?,
+        txns: value("shoal_store_commit_batch_size_sum")?,
+    })
 }
 
 /// Nearest-rank percentile of sorted microsecond samples, in ms.
@@ -513,6 +650,8 @@ struct Created {
     starts: Vec<Option<Instant>>,
     /// The earliest create-request start.
     first: Option<Instant>,
+    /// When the last create answered.
+    end: Instant,
     ok: u64,
     errors: u64,
     /// Errors that were 5xx answers.
@@ -603,6 +742,7 @@ where
     let mut created = Created {
         starts: vec![None; count],
         first: None,
+        end: start,
         ok: 0,
         errors: 0,
         server_errors: 0,
@@ -624,7 +764,8 @@ where
             Err(e) => failure = failure.or(Some(e)),
         }
     }
-    created.elapsed = start.elapsed();
+    created.end = Instant::now();
+    created.elapsed = created.end - start;
     progress.abort();
     if let Some(e) = failure {
         return Err(e.context(format!("creating {label}")));
