@@ -14,7 +14,8 @@ fn pod(name: &str, app: &str) -> Pod {
     serde_json::from_value(serde_json::json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "labels": {"app": app}},
-        "spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]},
+        // No scheduler serves this profile, so only the test changes these pods.
+        "spec": {"schedulerName": "manual", "containers": [{"name": "c", "image": "busybox:1.36"}]},
     }))
     .unwrap()
 }

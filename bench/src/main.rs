@@ -7,6 +7,7 @@
 
 mod api;
 mod common;
+mod deployment;
 mod scheduler;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +28,8 @@ enum Command {
     Api(api::Args),
     /// Scheduler: N simulated nodes, M pending pods scheduled end to end, Wasm vs native policies.
     Scheduler(scheduler::Args),
+    /// Deployment: one Deployment of R replicas on N simulated nodes, until every pod is bound.
+    Deployment(deployment::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,6 +40,7 @@ fn main() -> anyhow::Result<()> {
     let (line, complete) = match cli.command {
         Command::Api(a) => (rt.block_on(api::run(a))?, true),
         Command::Scheduler(a) => rt.block_on(scheduler::run(a))?,
+        Command::Deployment(a) => rt.block_on(deployment::run(a))?,
     };
     // Drop the runtime (and any lingering connection tasks) before the final line.
     drop(rt);

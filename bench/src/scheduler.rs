@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 
 /// Requests in flight while creating nodes and pods.
-const CLIENTS: usize = 64;
+pub(crate) const CLIENTS: usize = 64;
 /// Poll interval while waiting for the plugin to be Ready (setup only).
 const POLL: Duration = Duration::from_millis(50);
 /// Longest wait for a setup condition.
@@ -56,7 +56,7 @@ const GRACE: Duration = Duration::from_millis(500);
 const MAX_WATCH_RESUMES: u32 = 5;
 /// Name of the unmeasured warm-up pod (not `bench-*`).
 const WARMUP_POD: &str = "warmup-0";
-const PLUGIN_PATH: &str = "/apis/plugins.shoal.dev/v1alpha1/plugins/default";
+pub(crate) const PLUGIN_PATH: &str = "/apis/plugins.shoal.dev/v1alpha1/plugins/default";
 const PODS_PATH: &str = "/api/v1/namespaces/default/pods";
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -563,7 +563,7 @@ fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
     sorted_us[rank - 1] as f64 / 1000.0
 }
 
-fn node_body(i: usize) -> Value {
+pub(crate) fn node_body(i: usize) -> Value {
     let name = format!("node-{:04}", i + 1);
     let res = json!({"cpu": "32", "memory": "128Gi", "pods": "110"});
     json!({
@@ -598,7 +598,7 @@ fn pod_body(name: &str) -> Value {
 }
 
 /// GET `path` and parse the 200 body.
-async fn get_json(ctx: &Ctx, conn: &mut Conn, path: &str) -> Result<Value> {
+pub(crate) async fn get_json(ctx: &Ctx, conn: &mut Conn, path: &str) -> Result<Value> {
     if conn.is_closed() {
         *conn = ctx.connect().await?;
     }
@@ -614,7 +614,7 @@ async fn get_json(ctx: &Ctx, conn: &mut Conn, path: &str) -> Result<Value> {
 }
 
 /// Poll the `default` plugin (setup only) until its status says Ready.
-async fn wait_plugin_ready(ctx: &Ctx, conn: &mut Conn) -> Result<()> {
+pub(crate) async fn wait_plugin_ready(ctx: &Ctx, conn: &mut Conn) -> Result<()> {
     let deadline = Instant::now() + SETUP_TIMEOUT;
     let mut last = String::from("no answer yet");
     while Instant::now() < deadline {
@@ -645,18 +645,18 @@ async fn wait_plugin_ready(ctx: &Ctx, conn: &mut Conn) -> Result<()> {
 // ---------------------------------------------------------------------------
 // Concurrent creates.
 
-struct Created {
+pub(crate) struct Created {
     /// Create-request start of each object that answered 201, by index.
     starts: Vec<Option<Instant>>,
     /// The earliest create-request start.
     first: Option<Instant>,
     /// When the last create answered.
     end: Instant,
-    ok: u64,
-    errors: u64,
+    pub(crate) ok: u64,
+    pub(crate) errors: u64,
     /// Errors that were 5xx answers.
-    server_errors: u64,
-    elapsed: Duration,
+    pub(crate) server_errors: u64,
+    pub(crate) elapsed: Duration,
 }
 
 #[derive(Default)]
@@ -667,7 +667,7 @@ struct ClientOut {
 }
 
 /// Create `count` objects (bodies from `make(i)`) with one client per pooled connection.
-async fn create_many<F>(
+pub(crate) async fn create_many<F>(
     ctx: &Arc<Ctx>,
     pool: &mut Vec<Conn>,
     label: &'static str,
