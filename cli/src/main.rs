@@ -1,6 +1,9 @@
 //! The `shoal` binary: a thin layer over the host (and later agent) libraries.
 
+mod agent_cmd;
+mod image_cmd;
 mod plugin_cmd;
+mod up_cmd;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -28,6 +31,22 @@ enum Command {
     /// Install, list and swap Wasm plugins.
     #[command(subcommand)]
     Plugin(plugin_cmd::PluginCmd),
+    /// Import image archives into the cluster's registry and list its images.
+    #[command(subcommand)]
+    Image(image_cmd::ImageCmd),
+    /// Run the node agent: register the Node and run its pods with runc.
+    Agent(agent_cmd::AgentArgs),
+    /// Run the server and a local node agent in one process.
+    Up(up_cmd::UpArgs),
+    /// Issue kubeconfigs from the cluster CA.
+    #[command(subcommand)]
+    Kubeconfig(agent_cmd::KubeconfigCmd),
+    /// A pod sandbox (started by the agent).
+    #[command(hide = true)]
+    Pause(agent_cmd::PauseArgs),
+    /// A container monitor (started by the agent).
+    #[command(hide = true)]
+    Shim(agent_cmd::ShimArgs),
 }
 
 #[derive(clap::Args)]
@@ -70,12 +89,24 @@ fn real_main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // The sandbox and the shim run without an async runtime: the sandbox must
+    // unshare namespaces while it is the only thread.
+    let cli = match cli.command {
+        Command::Pause(a) => std::process::exit(agent_cmd::pause(a)),
+        Command::Shim(a) => std::process::exit(agent_cmd::shim(a)),
+        Command::Kubeconfig(c) => return agent_cmd::kubeconfig(c),
+        command => Cli { command },
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     match cli.command {
         Command::Server(a) => rt.block_on(run_server(a)),
         Command::Plugin(c) => rt.block_on(plugin_cmd::run(c)),
+        Command::Image(c) => rt.block_on(image_cmd::run(c)),
+        Command::Agent(a) => rt.block_on(agent_cmd::run_agent(a, shutdown_signal())),
+        Command::Up(a) => rt.block_on(up_cmd::run(a, shutdown_signal())),
+        Command::Pause(_) | Command::Shim(_) | Command::Kubeconfig(_) => unreachable!(),
     }
 }
 

@@ -102,6 +102,51 @@ impl BlobStore {
     pub fn contains(&self, digest: &str) -> bool {
         self.path(digest).is_ok_and(|p| p.exists())
     }
+
+    /// A directory for uploads in progress, on the blobs' filesystem so that
+    /// finishing one is a rename (used by the built-in registry).
+    pub fn staging_dir(&self) -> PathBuf {
+        self.dir.join("uploads")
+    }
+
+    /// Move a finished file into the store after checking, by streaming it
+    /// through the hash, that it hashes to `digest`. The file is consumed.
+    pub fn put_file(&self, digest: &str, file: &Path) -> Result<(), BlobError> {
+        let path = self.path(digest)?;
+        let mut hasher = Sha256::new();
+        let mut f = std::fs::File::open(file)?;
+        std::io::copy(&mut f, &mut hasher)?;
+        let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+        if actual != digest {
+            return Err(BlobError::Mismatch {
+                expected: digest.into(),
+                actual,
+            });
+        }
+        if path.exists() {
+            std::fs::remove_file(file)?;
+            return Ok(());
+        }
+        f.sync_all()?;
+        std::fs::create_dir_all(path.parent().expect("blob paths have a parent"))?;
+        std::fs::rename(file, &path)?;
+        Ok(())
+    }
+
+    /// Open a blob for streaming reads; returns the file and its length.
+    pub fn open(&self, digest: &str) -> Result<(std::fs::File, u64), BlobError> {
+        let path = self.path(digest)?;
+        match std::fs::File::open(&path) {
+            Ok(f) => {
+                let len = f.metadata()?.len();
+                Ok((f, len))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(BlobError::NotFound(digest.into()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -122,6 +167,28 @@ mod tests {
         assert!(matches!(s.get("sha256:zz"), Err(BlobError::BadDigest(_))));
         assert!(matches!(
             s.get(&digest_of(b"x")),
+            Err(BlobError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn put_file_moves_verified_uploads_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = BlobStore::new(dir.path());
+        std::fs::create_dir_all(s.staging_dir()).unwrap();
+        let up = s.staging_dir().join("u1");
+        std::fs::write(&up, b"layer").unwrap();
+        let d = digest_of(b"layer");
+        assert!(matches!(
+            s.put_file(&digest_of(b"other"), &up),
+            Err(BlobError::Mismatch { .. })
+        ));
+        s.put_file(&d, &up).unwrap();
+        assert!(!up.exists());
+        let (_, len) = s.open(&d).unwrap();
+        assert_eq!(len, 5);
+        assert!(matches!(
+            s.open(&digest_of(b"x")),
             Err(BlobError::NotFound(_))
         ));
     }

@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod pki;
 pub mod plugin;
 pub mod plugin_objects;
+pub mod registry;
 pub mod scheduler;
 pub mod server;
 pub mod store;

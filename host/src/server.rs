@@ -194,6 +194,7 @@ pub async fn run(
     let hooks = api::Hooks {
         blobs: Some(blobs.clone()),
         plugin_check: Some(plugin_objects::module_check(runtime.clone(), blobs.clone())),
+        pki_dir: Some(dir.join("pki")),
     };
     let state = Arc::new(AppState {
         store: store.clone(),

@@ -742,7 +742,12 @@ pub fn prepare_create(
     Ok(obj)
 }
 
-pub(crate) async fn create(state: &AppState, t: &Target, obj: Value, query: &Query) -> ApiResult<Value> {
+pub(crate) async fn create(
+    state: &AppState,
+    t: &Target,
+    obj: Value,
+    query: &Query,
+) -> ApiResult<Value> {
     if t.name.is_some() {
         return Err(ApiError::MethodNotAllowed(
             "POST is not supported on a named object".into(),
@@ -1147,7 +1152,11 @@ pub(crate) async fn patch(
     for _ in 0..16 {
         let current = get_kv(state, t)?;
         let old = object::from_store(&current)?;
-        let patched = apply_patch(info, info.kind, old.clone(), ct, body)?;
+        // Apply to the object without its resourceVersion, so a version in the
+        // result is one the patch itself set (a pin), not the stamped current one.
+        let mut base = old.clone();
+        meta_mut(&mut base).remove("resourceVersion");
+        let patched = apply_patch(info, info.kind, base, ct, body)?;
         if !patched.is_object() {
             return Err(ApiError::BadRequest(
                 "the patch produced a non-object".into(),

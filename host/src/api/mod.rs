@@ -70,6 +70,8 @@ pub struct Hooks {
     pub blobs: Option<crate::blobs::BlobStore>,
     /// Validates plugin modules at Plugin create/update.
     pub plugin_check: Option<PluginCheck>,
+    /// Where the cluster's key material lives (service-account token signing).
+    pub pki_dir: Option<std::path::PathBuf>,
 }
 
 /// The API router. Health endpoints are open; everything else needs an identity.
@@ -85,6 +87,8 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .head(blobs::head_blob)
                 .put(blobs::put_blob),
         )
+        // The built-in OCI registry (/v2/...), authenticated like the API.
+        .merge(crate::registry::routes())
         .fallback(api)
         .with_state(state)
 }

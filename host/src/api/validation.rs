@@ -222,6 +222,33 @@ pub fn default_object(info: &ResourceInfo, obj: &mut Value) {
             }
         }
         "Job" => {
+            // The generated selector and template labels Kubernetes adds
+            // (unless the user manages the selector).
+            if get(obj, &["spec", "manualSelector"]).and_then(Value::as_bool) != Some(true) {
+                if let Some(uid) = str_at(obj, &["metadata", "uid"]).map(str::to_string) {
+                    let name = str_at(obj, &["metadata", "name"]).unwrap_or("").to_string();
+                    set_default(
+                        obj,
+                        &["spec", "selector"],
+                        json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}),
+                    );
+                    let mut labels = vec![
+                        ("batch.kubernetes.io/controller-uid", uid.clone()),
+                        ("controller-uid", uid),
+                    ];
+                    if name.len() <= 63 {
+                        labels.push(("batch.kubernetes.io/job-name", name.clone()));
+                        labels.push(("job-name", name));
+                    }
+                    for (k, v) in labels {
+                        set_default(
+                            obj,
+                            &["spec", "template", "metadata", "labels", k],
+                            json!(v),
+                        );
+                    }
+                }
+            }
             set_default(obj, &["spec", "parallelism"], json!(1));
             set_default(obj, &["spec", "completions"], json!(1));
             set_default(obj, &["spec", "backoffLimit"], json!(6));
@@ -435,6 +462,9 @@ pub fn validate(info: &ResourceInfo, obj: &Value) -> Vec<Cause> {
                     ));
                 }
             }
+            if info.kind == "Deployment" {
+                check_deployment_strategy(obj, &mut causes);
+            }
             if info.kind == "Deployment" || info.kind == "DaemonSet" {
                 if let Some(rp) = str_at(obj, &["spec", "template", "spec", "restartPolicy"]) {
                     if rp != "Always" {
@@ -532,6 +562,99 @@ pub fn validate(info: &ResourceInfo, obj: &Value) -> Vec<Cause> {
         _ => {}
     }
     causes
+}
+
+/// An int-or-percent value: Ok((value, is_percent)) or a cause.
+fn int_or_percent(v: &Value, field: &str) -> Result<(i64, bool), Cause> {
+    match v {
+        Value::Number(n) => n.as_i64().map(|i| (i, false)).ok_or_else(|| Cause::invalid(field, n, "must be an integer")),
+        Value::String(s) => s
+            .strip_suffix('%')
+            .and_then(|p| p.parse::<i64>().ok())
+            .map(|p| (p, true))
+            .ok_or_else(|| Cause::invalid(field, s, "a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%',  or '93%', regex used for validation is '[0-9]+%')")),
+        other => Err(Cause::invalid(field, other, "must be an integer or percentage (e.g '5%')")),
+    }
+}
+
+/// Deployment strategy and timing fields, as Kubernetes validates them.
+fn check_deployment_strategy(obj: &Value, causes: &mut Vec<Cause>) {
+    let ty = str_at(obj, &["spec", "strategy", "type"]).unwrap_or("RollingUpdate");
+    if !["RollingUpdate", "Recreate"].contains(&ty) {
+        causes.push(Cause::not_supported(
+            "spec.strategy.type",
+            ty,
+            &["Recreate", "RollingUpdate"],
+        ));
+    }
+    let ru = get(obj, &["spec", "strategy", "rollingUpdate"]).filter(|v| !v.is_null());
+    if ty == "Recreate" && ru.is_some() {
+        causes.push(Cause::forbidden(
+            "spec.strategy.rollingUpdate",
+            "may not be specified when strategy `type` is 'Recreate'",
+        ));
+    }
+    if let (Some(ru), "RollingUpdate") = (ru, ty) {
+        let mut parsed = [None, None];
+        for (i, f) in ["maxUnavailable", "maxSurge"].iter().enumerate() {
+            let field = format!("spec.strategy.rollingUpdate.{f}");
+            if let Some(v) = ru.get(*f) {
+                match int_or_percent(v, &field) {
+                    Ok((n, pct)) => {
+                        if n < 0 {
+                            causes.push(Cause::invalid(
+                                &field,
+                                n,
+                                "must be greater than or equal to 0",
+                            ));
+                        } else if pct && n > 100 && *f == "maxUnavailable" {
+                            causes.push(Cause::invalid(
+                                &field,
+                                v.as_str().unwrap_or(""),
+                                "must not be greater than 100%",
+                            ));
+                        }
+                        parsed[i] = Some(n);
+                    }
+                    Err(c) => causes.push(c),
+                }
+            }
+        }
+        if parsed == [Some(0), Some(0)] {
+            causes.push(Cause::invalid(
+                "spec.strategy.rollingUpdate.maxUnavailable",
+                0,
+                "may not be 0 when `maxSurge` is 0",
+            ));
+        }
+    }
+    for f in [
+        "minReadySeconds",
+        "revisionHistoryLimit",
+        "progressDeadlineSeconds",
+    ] {
+        if let Some(n) = get(obj, &["spec", f]).and_then(Value::as_i64) {
+            if n < 0 {
+                causes.push(Cause::invalid(
+                    format!("spec.{f}"),
+                    n,
+                    "must be greater than or equal to 0",
+                ));
+            }
+        }
+    }
+    let min_ready = get(obj, &["spec", "minReadySeconds"])
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    if let Some(pd) = get(obj, &["spec", "progressDeadlineSeconds"]).and_then(Value::as_i64) {
+        if pd <= min_ready {
+            causes.push(Cause::invalid(
+                "spec.progressDeadlineSeconds",
+                pd,
+                "must be greater than minReadySeconds",
+            ));
+        }
+    }
 }
 
 /// Plugin kinds, one per WIT world.
@@ -705,6 +828,55 @@ mod tests {
         let add = json!({"spec": {"containers": [{"name": "c", "image": "a:1"}, {"name": "x", "image": "a:1"}]}});
         assert!(validate_update(pods, &old, &img).is_empty());
         assert_eq!(validate_update(pods, &old, &add)[0].field, "spec");
+    }
+
+    #[test]
+    fn deployment_strategy_rules() {
+        let d = lookup("apps", "v1", "deployments").unwrap();
+        let base = |strategy: Value, extra: Value| {
+            let mut o = json!({"spec": {"selector": {"matchLabels": {"a": "b"}}, "strategy": strategy,
+                "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "i:1"}]}}}});
+            if let Some(m) = extra.as_object() {
+                for (k, v) in m {
+                    o["spec"][k] = v.clone();
+                }
+            }
+            o
+        };
+        let fields = |o: &Value| {
+            validate(d, o)
+                .into_iter()
+                .map(|c| c.field)
+                .collect::<Vec<_>>()
+        };
+        let zero = base(
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": "0%"}}),
+            json!({}),
+        );
+        assert_eq!(
+            fields(&zero),
+            ["spec.strategy.rollingUpdate.maxUnavailable"]
+        );
+        let bad = base(
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "five"}}),
+            json!({}),
+        );
+        assert_eq!(fields(&bad), ["spec.strategy.rollingUpdate.maxSurge"]);
+        let recreate = base(
+            json!({"type": "Recreate", "rollingUpdate": {"maxSurge": 1}}),
+            json!({}),
+        );
+        assert_eq!(fields(&recreate), ["spec.strategy.rollingUpdate"]);
+        let deadline = base(
+            json!({"type": "RollingUpdate"}),
+            json!({"minReadySeconds": 10, "progressDeadlineSeconds": 10}),
+        );
+        assert_eq!(fields(&deadline), ["spec.progressDeadlineSeconds"]);
+        let ok = base(
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 2, "maxUnavailable": "25%"}}),
+            json!({}),
+        );
+        assert!(fields(&ok).is_empty());
     }
 
     #[test]

@@ -7,8 +7,17 @@ use serde_json::{json, Value};
 
 /// Record a core/v1 Event about `involved` (any object with kind/apiVersion/metadata).
 /// Failures are logged, never returned: events are best effort.
-pub async fn record(client: &LocalClient, component: &str, involved: &Value, type_: &str, reason: &str, message: &str) {
-    let ns = object::meta_str(involved, "namespace").unwrap_or("default").to_string();
+pub async fn record(
+    client: &LocalClient,
+    component: &str,
+    involved: &Value,
+    type_: &str,
+    reason: &str,
+    message: &str,
+) {
+    let ns = object::meta_str(involved, "namespace")
+        .unwrap_or("default")
+        .to_string();
     let name = object::meta_str(involved, "name").unwrap_or("").to_string();
     let now = object::now_rfc3339();
     let event = json!({

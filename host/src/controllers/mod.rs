@@ -4,9 +4,20 @@
 //! queue with rate-limited retries. They talk to the store only through the
 //! same API semantics a remote controller would use ([`LocalClient`]).
 
+pub mod cronjob;
+pub mod daemonset;
+pub mod deployment;
 pub mod events;
+pub mod gc;
+pub mod job;
 pub mod namespace;
+pub mod ownership;
+pub mod pod_state;
+pub mod pods;
+pub mod replicaset;
 pub mod runtime;
+pub mod serviceaccount;
+pub mod template_hash;
 
 pub use runtime::{Action, ObjectKey, Reconciler, Watch};
 
@@ -19,10 +30,36 @@ use tokio::sync::Notify;
 pub fn spawn(state: Arc<AppState>) -> Arc<Notify> {
     let stop = Arc::new(Notify::new());
     let client = LocalClient::new(state.clone());
-    let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(namespace::run(state.clone())));
+    let mut tasks = vec![tokio::spawn(namespace::run(state.clone()))];
     // Controllers built on the runtime are registered here.
-    let _ = &client;
+    tasks.push(tokio::spawn(runtime::run(
+        Arc::new(replicaset::ReplicaSetReconciler::default()),
+        client.clone(),
+    )));
+    tasks.push(tokio::spawn(runtime::run(
+        Arc::new(deployment::DeploymentReconciler::default()),
+        client.clone(),
+    )));
+    tasks.push(tokio::spawn(gc::run(client.clone())));
+    tasks.push(tokio::spawn(runtime::run(
+        Arc::new(job::JobController::default()),
+        client.clone(),
+    )));
+    tasks.push(tokio::spawn(runtime::run(
+        Arc::new(cronjob::CronJobController),
+        client.clone(),
+    )));
+    tasks.push(tokio::spawn(runtime::run(
+        Arc::new(daemonset::DaemonSetController),
+        client.clone(),
+    )));
+    let tokens = state
+        .hooks
+        .pki_dir
+        .clone()
+        .map(serviceaccount::TokenController::new)
+        .unwrap_or_default();
+    tasks.push(tokio::spawn(runtime::run(Arc::new(tokens), client.clone())));
     let s = stop.clone();
     tokio::spawn(async move {
         s.notified().await;

@@ -57,7 +57,10 @@ pub struct Watch {
 impl Watch {
     /// Watch the primary kind itself.
     pub fn primary(resource: &'static ResourceInfo) -> Watch {
-        Watch { resource, map: Arc::new(|o| ObjectKey::of(o).into_iter().collect()) }
+        Watch {
+            resource,
+            map: Arc::new(|o| ObjectKey::of(o).into_iter().collect()),
+        }
     }
 
     /// Watch a dependent kind, mapping to its controller owner of `owner_kind`.
@@ -72,7 +75,10 @@ impl Watch {
                     .flatten()
                     .filter(|r| r["kind"] == owner_kind && r["controller"] == true)
                     .filter_map(|r| r["name"].as_str())
-                    .map(|n| ObjectKey { namespace: ns.clone(), name: n.to_string() })
+                    .map(|n| ObjectKey {
+                        namespace: ns.clone(),
+                        name: n.to_string(),
+                    })
                     .collect()
             }),
         }
@@ -86,7 +92,11 @@ pub trait Reconciler: Send + Sync + 'static {
     /// What to watch.
     fn watches(&self) -> Vec<Watch>;
     /// Converge the world for one key: idempotent and level-based.
-    fn reconcile(&self, client: &LocalClient, key: &ObjectKey) -> impl Future<Output = Result<Action, ApiError>> + Send;
+    fn reconcile(
+        &self,
+        client: &LocalClient,
+        key: &ObjectKey,
+    ) -> impl Future<Output = Result<Action, ApiError>> + Send;
 }
 
 /// Deduplicating work queue with delayed entries.
@@ -134,7 +144,8 @@ impl WorkQueue {
     fn backoff(&mut self, k: &ObjectKey) -> Duration {
         let n = self.failures.entry(k.clone()).or_default();
         *n += 1;
-        (Duration::from_millis(5) * 2u32.saturating_pow((*n - 1).min(16))).min(Duration::from_secs(60))
+        (Duration::from_millis(5) * 2u32.saturating_pow((*n - 1).min(16)))
+            .min(Duration::from_secs(60))
     }
 }
 
@@ -167,7 +178,9 @@ pub async fn run<R: Reconciler>(r: Arc<R>, client: LocalClient) {
             }
             continue;
         }
-        let sleep = next.map(|t| t.saturating_duration_since(Instant::now())).unwrap_or(Duration::from_secs(3600));
+        let sleep = next
+            .map(|t| t.saturating_duration_since(Instant::now()))
+            .unwrap_or(Duration::from_secs(3600));
         tokio::select! {
             k = rx.recv() => match k {
                 Some(k) => q.add(k),
@@ -178,7 +191,12 @@ pub async fn run<R: Reconciler>(r: Arc<R>, client: LocalClient) {
     }
 }
 
-async fn informer(client: LocalClient, w: Watch, tx: mpsc::UnboundedSender<ObjectKey>, name: &'static str) {
+async fn informer(
+    client: LocalClient,
+    w: Watch,
+    tx: mpsc::UnboundedSender<ObjectKey>,
+    name: &'static str,
+) {
     loop {
         let (items, rev) = match client.list(w.resource, None, None) {
             Ok(x) => x,
@@ -204,7 +222,9 @@ async fn informer(client: LocalClient, w: Watch, tx: mpsc::UnboundedSender<Objec
             for e in events {
                 let raws = [e.value.as_ref(), e.prev.as_ref()];
                 for raw in raws.into_iter().flatten() {
-                    let Ok(o) = object::from_bytes(raw, e.revision) else { continue };
+                    let Ok(o) = object::from_bytes(raw, e.revision) else {
+                        continue;
+                    };
                     for k in (w.map)(&o) {
                         if tx.send(k).is_err() {
                             return;
@@ -222,7 +242,10 @@ mod tests {
     use super::*;
 
     fn k(n: &str) -> ObjectKey {
-        ObjectKey { namespace: None, name: n.into() }
+        ObjectKey {
+            namespace: None,
+            name: n.into(),
+        }
     }
 
     #[test]
@@ -249,6 +272,12 @@ mod tests {
         let pod = serde_json::json!({"metadata": {"name": "p", "namespace": "d", "ownerReferences": [
             {"kind": "ReplicaSet", "name": "rs1", "controller": true, "uid": "1", "apiVersion": "apps/v1"},
             {"kind": "ReplicaSet", "name": "other", "uid": "2", "apiVersion": "apps/v1"}]}});
-        assert_eq!((w.map)(&pod), vec![ObjectKey { namespace: Some("d".into()), name: "rs1".into() }]);
+        assert_eq!(
+            (w.map)(&pod),
+            vec![ObjectKey {
+                namespace: Some("d".into()),
+                name: "rs1".into()
+            }]
+        );
     }
 }

@@ -1,0 +1,127 @@
+//! The API calls pod logic makes, behind a trait so it is unit-tested without
+//! a server: reading ConfigMaps and Secrets, writing pod status, and the final
+//! delete of a terminated pod.
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+
+/// An API failure, as text for logs.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ApiError(pub String);
+
+impl From<kube::Error> for ApiError {
+    fn from(e: kube::Error) -> Self {
+        ApiError(e.to_string())
+    }
+}
+
+/// The cluster as the pod logic sees it.
+pub trait ClusterApi: Send + Sync {
+    /// A ConfigMap (None if it does not exist).
+    fn config_map<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ConfigMap>, ApiError>>;
+    /// A Secret (None if it does not exist).
+    fn secret<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Secret>, ApiError>>;
+    /// Patch a pod's status (strategic merge of `{"status": status}`).
+    fn patch_status<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        status: serde_json::Value,
+    ) -> BoxFuture<'a, Result<(), ApiError>>;
+    /// Delete the pod now (grace 0) if it still has this uid; gone is success.
+    fn delete_pod<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        uid: &'a str,
+    ) -> BoxFuture<'a, Result<(), ApiError>>;
+}
+
+/// [`ClusterApi`] over a kube-rs client.
+pub struct KubeCluster(pub kube::Client);
+
+fn gone(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404 || s.code == 409)
+}
+
+impl ClusterApi for KubeCluster {
+    fn config_map<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ConfigMap>, ApiError>> {
+        async move {
+            Ok(Api::<ConfigMap>::namespaced(self.0.clone(), namespace)
+                .get_opt(name)
+                .await?)
+        }
+        .boxed()
+    }
+
+    fn secret<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Secret>, ApiError>> {
+        async move {
+            Ok(Api::<Secret>::namespaced(self.0.clone(), namespace)
+                .get_opt(name)
+                .await?)
+        }
+        .boxed()
+    }
+
+    fn patch_status<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        status: serde_json::Value,
+    ) -> BoxFuture<'a, Result<(), ApiError>> {
+        async move {
+            let body = serde_json::json!({ "status": status });
+            Api::<Pod>::namespaced(self.0.clone(), namespace)
+                .patch_status(name, &PatchParams::default(), &Patch::Strategic(body))
+                .await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn delete_pod<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        uid: &'a str,
+    ) -> BoxFuture<'a, Result<(), ApiError>> {
+        async move {
+            let dp = DeleteParams {
+                grace_period_seconds: Some(0),
+                preconditions: Some(Preconditions {
+                    uid: Some(uid.to_string()),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            match Api::<Pod>::namespaced(self.0.clone(), namespace)
+                .delete(name, &dp)
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) if gone(&e) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        }
+        .boxed()
+    }
+}
