@@ -6,7 +6,6 @@ use crate::api::client::LocalClient;
 use crate::api::error::ApiError;
 use crate::api::object;
 use crate::api::resources::ResourceInfo;
-use crate::store::EventKind;
 use futures::StreamExt;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -231,7 +230,6 @@ async fn informer(
                         }
                     }
                 }
-                let _ = e.kind == EventKind::Put;
             }
         }
     }
