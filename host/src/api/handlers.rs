@@ -762,42 +762,58 @@ pub(crate) async fn create(
             t.info.plural, t.info.plural
         )));
     }
+    let generated_from = match meta_str(&obj, "name") {
+        Some(n) if !n.is_empty() => None,
+        _ => meta_str(&obj, "generateName")
+            .filter(|p| !p.is_empty())
+            .map(str::to_string),
+    };
     let mut obj = prepare_create(t.info, ns, obj, strict(query))?;
     if let Some(ns) = ns {
         check_namespace(state, ns)?;
     }
-    let name = meta_str(&obj, "name").unwrap_or("").to_string();
+    let mut name = meta_str(&obj, "name").unwrap_or("").to_string();
     check_plugin_module(state, t.info, None, &obj, &name).await?;
-    let key = t.info.key(ns, &name);
     if dry_run(query) {
         return Ok(obj);
     }
-    let mut ops = vec![Op::Put {
-        key,
-        value: object::to_store(&mut obj),
-        precondition: Precondition::Absent,
-    }];
-    if t.info.kind == "Namespace" {
-        // Every namespace gets a `default` ServiceAccount, created with it.
-        let mut sa = default_service_account(&name);
-        ops.push(Op::Put {
-            key: format!("/core/serviceaccounts/{name}/default"),
-            value: object::to_store(&mut sa),
-            precondition: Precondition::None,
-        });
-    }
-    match state.store.txn(ops).await {
-        Ok(r) => {
-            object::set_resource_version(&mut obj, r.revision);
-            Ok(obj)
+    // A generated name that collides is generated again, as Kubernetes does
+    // since RetryGenerateName; a name the client chose gets AlreadyExists.
+    let attempts = if generated_from.is_some() { 8 } else { 1 };
+    for _ in 0..attempts {
+        let mut ops = vec![Op::Put {
+            key: t.info.key(ns, &name),
+            value: object::to_store(&mut obj),
+            precondition: Precondition::Absent,
+        }];
+        if t.info.kind == "Namespace" {
+            // Every namespace gets a `default` ServiceAccount, created with it.
+            let mut sa = default_service_account(&name);
+            ops.push(Op::Put {
+                key: format!("/core/serviceaccounts/{name}/default"),
+                value: object::to_store(&mut sa),
+                precondition: Precondition::None,
+            });
         }
-        Err(StoreError::Conflict { .. }) => Err(ApiError::AlreadyExists {
-            group: t.info.group.into(),
-            resource: t.info.plural.into(),
-            name,
-        }),
-        Err(e) => Err(e.into()),
+        match state.store.txn(ops).await {
+            Ok(r) => {
+                object::set_resource_version(&mut obj, r.revision);
+                return Ok(obj);
+            }
+            Err(StoreError::Conflict { .. }) => {
+                if let Some(prefix) = &generated_from {
+                    name = object::generate_name(prefix);
+                    meta_mut(&mut obj).insert("name".into(), Value::String(name.clone()));
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
+    Err(ApiError::AlreadyExists {
+        group: t.info.group.into(),
+        resource: t.info.plural.into(),
+        name,
+    })
 }
 
 /// For Plugin objects whose module or kind changes: the module must be in the
