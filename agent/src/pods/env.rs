@@ -81,6 +81,24 @@ enum Lookup {
     NoObject,
 }
 
+/// The value of a configMapKeyRef/secretKeyRef lookup: `None` when an optional
+/// reference is missing (the variable is skipped), an error when a required one is.
+fn key_ref_value(
+    lookup: Lookup,
+    kind: &str,
+    ns: &str,
+    name: &str,
+    key: &str,
+    optional: Option<bool>,
+) -> Result<Option<String>, String> {
+    match lookup {
+        Lookup::Found(v) => Ok(Some(v)),
+        _ if optional == Some(true) => Ok(None),
+        Lookup::NoKey => Err(format!("couldn't find key {key} in {kind} {ns}/{name}")),
+        Lookup::NoObject => Err(format!("{} {name:?} not found", kind.to_ascii_lowercase())),
+    }
+}
+
 /// Pod facts `fieldRef` can read that are not in the pod object yet.
 #[derive(Debug, Clone, Default)]
 pub struct PodFacts {
@@ -245,33 +263,30 @@ pub fn resolve(
     }
     for var in container.env.iter().flatten() {
         let value = if let Some(from) = &var.value_from {
-            if let Some(r) = &from.config_map_key_ref {
-                match sources.config_map_value(&r.name, &r.key) {
-                    Lookup::Found(v) => v,
-                    _ if r.optional == Some(true) => continue,
-                    Lookup::NoKey => {
-                        return Err(format!(
-                            "couldn't find key {} in ConfigMap {}/{}",
-                            r.key,
-                            pod.metadata.namespace.as_deref().unwrap_or_default(),
-                            r.name
-                        ))
-                    }
-                    Lookup::NoObject => return Err(format!("configmap {:?} not found", r.name)),
-                }
-            } else if let Some(r) = &from.secret_key_ref {
-                match sources.secret_value(&r.name, &r.key) {
-                    Lookup::Found(v) => v,
-                    _ if r.optional == Some(true) => continue,
-                    Lookup::NoKey => {
-                        return Err(format!(
-                            "couldn't find key {} in Secret {}/{}",
-                            r.key,
-                            pod.metadata.namespace.as_deref().unwrap_or_default(),
-                            r.name
-                        ))
-                    }
-                    Lookup::NoObject => return Err(format!("secret {:?} not found", r.name)),
+            let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
+            let keyed = if let Some(r) = &from.config_map_key_ref {
+                Some((
+                    sources.config_map_value(&r.name, &r.key),
+                    "ConfigMap",
+                    &r.name,
+                    &r.key,
+                    r.optional,
+                ))
+            } else {
+                from.secret_key_ref.as_ref().map(|r| {
+                    (
+                        sources.secret_value(&r.name, &r.key),
+                        "Secret",
+                        &r.name,
+                        &r.key,
+                        r.optional,
+                    )
+                })
+            };
+            if let Some((lookup, kind, name, key, optional)) = keyed {
+                match key_ref_value(lookup, kind, ns, name, key, optional)? {
+                    Some(v) => v,
+                    None => continue,
                 }
             } else if let Some(f) = &from.field_ref {
                 field_ref(pod, facts, &f.field_path)?
