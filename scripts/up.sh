@@ -7,6 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA_DIR="${SHOAL_DATA_DIR:-/var/lib/shoal}"
 LISTEN="${SHOAL_LISTEN:-127.0.0.1:6443}"
+# Extra `shoal up` flags, e.g. SHOAL_UP_ARGS="--pod-network none" to leave the
+# machine's network untouched (pods then have loopback only).
+read -r -a UP_ARGS <<<"${SHOAL_UP_ARGS:-}"
 
 need_apt=()
 command -v gcc >/dev/null || need_apt+=(build-essential)
@@ -23,7 +26,7 @@ BIN="$PWD/target/release/shoal"
 
 WORK="$(mktemp -d)"
 LOG="$WORK/shoal.log"
-"$BIN" up --data-dir "$DATA_DIR" --listen "$LISTEN" >"$LOG" 2>&1 &
+"$BIN" up --data-dir "$DATA_DIR" --listen "$LISTEN" "${UP_ARGS[@]}" >"$LOG" 2>&1 &
 PID=$!
 trap 'kill -TERM $PID 2>/dev/null; wait $PID 2>/dev/null; rm -rf "$WORK"' EXIT INT TERM
 for _ in $(seq 1 300); do

@@ -216,6 +216,7 @@ impl Cluster {
             .arg(self.agent_dir())
             .arg("--image-dir")
             .arg(&self.images)
+            .args(common::NO_POD_NETWORK)
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()
@@ -754,6 +755,7 @@ async fn shoal_up_runs_pods_from_an_imported_image() {
             "--node-name",
             "e2e-up",
         ])
+        .args(common::NO_POD_NETWORK)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

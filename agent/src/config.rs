@@ -40,6 +40,18 @@ pub struct AgentConfig {
     pub backoff: Backoff,
     /// Pod capacity advertised.
     pub max_pods: u32,
+    /// Port of the agent's API for the host (logs, exec), like the kubelet's
+    /// 10250; 0 picks a free one. Reported in the Node's daemonEndpoints.
+    pub agent_port: u16,
+    /// Pod network: a bridge with per-pod veths, or loopback only.
+    pub pod_network: crate::net::PodNetworkMode,
+    /// Name of the node's pod bridge.
+    pub bridge_name: String,
+    /// Further InternalIPs to report (dual-stack: the node's address of the
+    /// other family; found on the node IP's interface when empty).
+    pub extra_node_ips: Vec<IpAddr>,
+    /// How often resource usage is pushed to the host (`metrics.k8s.io`).
+    pub metrics_interval: Duration,
 }
 
 impl AgentConfig {
@@ -70,6 +82,11 @@ impl AgentConfig {
             status_interval: Duration::from_secs(60),
             backoff: Backoff::default(),
             max_pods: 110,
+            agent_port: 10250,
+            pod_network: crate::net::PodNetworkMode::Bridge,
+            bridge_name: "shoal0".into(),
+            extra_node_ips: Vec::new(),
+            metrics_interval: Duration::from_secs(15),
         })
     }
 }

@@ -12,9 +12,14 @@ pub mod dev_images;
 pub mod image;
 pub mod lease;
 pub mod logs;
+pub mod net;
+pub mod netns;
 pub mod node;
 pub mod pods;
 pub mod runtime;
+pub mod server;
+pub mod stats;
+pub mod storage;
 
 pub use config::AgentConfig;
 
@@ -36,6 +41,12 @@ pub enum AgentError {
     /// Building the API client.
     #[error("api client: {0}")]
     Client(#[from] kube::Error),
+    /// The agent's API (logs, exec) could not start.
+    #[error(transparent)]
+    Serve(#[from] server::ServeError),
+    /// Pod networking.
+    #[error("pod network: {0}")]
+    Net(#[from] net::NetError),
     /// runc is missing.
     #[error("runc ({0}) is not installed or does not run")]
     NoRunc(String),
@@ -56,7 +67,7 @@ pub struct Ready {
 /// Run the agent until `shutdown` resolves. Containers keep running after
 /// it returns; the next agent adopts them.
 pub async fn run(
-    cfg: AgentConfig,
+    mut cfg: AgentConfig,
     kube_config: kube::Config,
     images: Arc<dyn image::ImageService>,
     shutdown: impl Future<Output = ()> + Send,
@@ -81,6 +92,26 @@ pub async fn run(
             )
         })
         .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+    // Routes to other nodes' IPv6 pod ranges need their IPv6 InternalIP.
+    if cfg.pod_network == net::PodNetworkMode::Bridge && cfg.extra_node_ips.is_empty() {
+        cfg.extra_node_ips
+            .extend(net::dual_stack_address(node_ip).await);
+    }
+    // The agent's API (logs, exec) for the host, bound before registering so
+    // the Node reports the real port (0 picks a free one).
+    let runtime = Arc::new(runtime);
+    let api_listener = server::bind(
+        std::net::SocketAddr::new(node_ip, cfg.agent_port),
+        kube_config.root_cert.as_deref().unwrap_or_default(),
+        &[node_ip.to_string(), cfg.node_name.clone()],
+    )
+    .await?;
+    cfg.agent_port = api_listener.port();
+    let api_app = server::router(Arc::new(server::AgentApi {
+        data_dir: cfg.data_dir.clone(),
+        runtime: runtime.clone(),
+    }));
+    let api_task = tokio::spawn(server::serve(api_listener, api_app, std::future::pending()));
     let client = kube::Client::try_from(kube_config)?;
     tokio::pin!(shutdown);
     // The server may not be up yet (or be restarting): keep trying, as kubelet does.
@@ -120,6 +151,15 @@ pub async fn run(
                         if let Err(e) = lease::renew(&client, &cfg.node_name, &node_uid, cfg.lease_duration_seconds).await {
                             tracing::warn!(error = %e, "renewing lease");
                         }
+                        // Like the kubelet: when the server shows the node as not
+                        // Ready (the node lifecycle controller marked it Unknown
+                        // while this agent was away), post the status at once
+                        // instead of at the next status interval.
+                        if node::server_sees_not_ready(&client, &cfg.node_name).await {
+                            if let Err(e) = node::report(&client, &cfg, node_ip, &version).await {
+                                tracing::warn!(error = %e, "reporting node status");
+                            }
+                        }
                     }
                     _ = status_tick.tick() => {
                         if let Err(e) = node::report(&client, &cfg, node_ip, &version).await {
@@ -131,8 +171,16 @@ pub async fn run(
         })
     };
 
+    let usage = tokio::spawn(stats::run(
+        client.clone(),
+        cfg.node_name.clone(),
+        cfg.data_dir.clone(),
+        cfg.metrics_interval,
+    ));
+    let (network, net_task) = net::start(&cfg, client.clone())?;
     let ctx = Arc::new(PodContext {
-        runtime: Arc::new(runtime),
+        network,
+        runtime: runtime.clone(),
         images,
         api: Arc::new(KubeCluster(client.clone())),
         node_name: cfg.node_name.clone(),
@@ -141,11 +189,27 @@ pub async fn run(
         cgroup_parent: cfg.cgroup_parent.clone(),
         backoff: cfg.backoff,
     });
+    // Report the local-path storage root before the node takes pods.
+    let storage_root = storage::root(&cfg.data_dir);
+    if let Err(e) = storage::announce(&client, &cfg.node_name, &storage_root).await {
+        tracing::warn!(error = %e, "reporting the local-path storage root");
+    }
+    let reclaimer = tokio::spawn(storage::run(
+        client.clone(),
+        cfg.node_name.clone(),
+        storage_root,
+    ));
     on_ready(Ready {
         node_name: cfg.node_name.clone(),
         node_ip,
     });
     pods::run(ctx, client, &mut shutdown).await;
+    reclaimer.abort();
     heartbeat.abort();
+    if let Some(t) = net_task {
+        t.abort();
+    }
+    api_task.abort();
+    usage.abort();
     Ok(())
 }

@@ -117,6 +117,12 @@ pub fn status(cfg: &AgentConfig, ip: IpAddr, runtime_version: &str) -> Value {
         .as_ref()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
+    // Dual-stack nodes list an InternalIP per family, like kubelet.
+    let mut addresses = vec![json!({"type": "InternalIP", "address": ip.to_string()})];
+    for extra in cfg.extra_node_ips.iter().filter(|x| **x != ip) {
+        addresses.push(json!({"type": "InternalIP", "address": extra.to_string()}));
+    }
+    addresses.push(json!({"type": "Hostname", "address": cfg.node_name}));
     json!({
         "capacity": capacity,
         "allocatable": capacity,
@@ -126,10 +132,8 @@ pub fn status(cfg: &AgentConfig, ip: IpAddr, runtime_version: &str) -> Value {
             cond("PIDPressure", "False", "KubeletHasSufficientPID", "agent has sufficient PID available"),
             cond("Ready", "True", "KubeletReady", "shoal agent is posting ready status"),
         ],
-        "addresses": [
-            {"type": "InternalIP", "address": ip.to_string()},
-            {"type": "Hostname", "address": cfg.node_name},
-        ],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": cfg.agent_port}},
+        "addresses": addresses,
         "nodeInfo": {
             "machineID": read_trim("/etc/machine-id"),
             "systemUUID": read_trim("/sys/class/dmi/id/product_uuid"),
@@ -181,6 +185,20 @@ pub async fn register(
     Ok(node.metadata.uid.unwrap_or_default())
 }
 
+/// Whether the server's copy of the Node has a Ready condition other than
+/// True (errors count as "no": the regular status interval still runs).
+pub async fn server_sees_not_ready(client: &kube::Client, name: &str) -> bool {
+    let api: Api<Node> = Api::all(client.clone());
+    let Ok(node) = api.get_status(name).await else {
+        return false;
+    };
+    node.status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status != "True")
+}
+
 /// Write the node status (strategic merge: conditions merge by type).
 pub async fn report(
     client: &kube::Client,
@@ -189,7 +207,13 @@ pub async fn report(
     runtime_version: &str,
 ) -> Result<Node, NodeError> {
     let api: Api<Node> = Api::all(client.clone());
-    let body = json!({"status": status(cfg, ip, runtime_version)});
+    let mut status = status(cfg, ip, runtime_version);
+    // A dual-stack node has two InternalIPs, which share the list's merge key
+    // (`type`): replace the list rather than merge it, or one would be lost.
+    if let Some(a) = status["addresses"].as_array_mut() {
+        a.push(json!({"$patch": "replace"}));
+    }
+    let body = json!({ "status": status });
     api.patch_status(
         &cfg.node_name,
         &PatchParams::default(),
@@ -212,6 +236,7 @@ mod tests {
         assert_eq!(s["capacity"]["cpu"], cpu_count().to_string());
         assert!(s["capacity"]["memory"].as_str().unwrap().ends_with("Ki"));
         assert_eq!(s["nodeInfo"]["kubeletVersion"], KUBELET_VERSION);
+        assert_eq!(s["daemonEndpoints"]["kubeletEndpoint"]["Port"], 10250);
         assert_eq!(s["addresses"][0]["address"], "10.1.2.3");
         let ready = s["conditions"]
             .as_array()

@@ -185,6 +185,9 @@ impl Server {
             .arg(&data_dir)
             .arg("--listen")
             .arg(addr.to_string())
+            // Room for 65,536 nodes per family: the benches make up to 5,000
+            // simulated nodes and each gets its podCIDRs from node IPAM.
+            .args(["--cluster-cidr", "10.0.0.0/8,fd42::/48"])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

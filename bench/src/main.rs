@@ -8,6 +8,7 @@
 mod api;
 mod common;
 mod deployment;
+mod podstartup;
 mod scheduler;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +31,8 @@ enum Command {
     Scheduler(scheduler::Args),
     /// Deployment: one Deployment of R replicas on N simulated nodes, until every pod is bound.
     Deployment(deployment::Args),
+    /// Pod startup on a real node (server + agent + runc): create → Running latency at a rate and in a burst, agent RSS.
+    Podstartup(podstartup::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,6 +44,7 @@ fn main() -> anyhow::Result<()> {
         Command::Api(a) => (rt.block_on(api::run(a))?, true),
         Command::Scheduler(a) => rt.block_on(scheduler::run(a))?,
         Command::Deployment(a) => rt.block_on(deployment::run(a))?,
+        Command::Podstartup(a) => rt.block_on(podstartup::run(a))?,
     };
     // Drop the runtime (and any lingering connection tasks) before the final line.
     drop(rt);

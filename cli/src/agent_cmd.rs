@@ -53,6 +53,45 @@ pub struct NodeFlags {
     /// plus optional `config.json`) instead of the image store, for tests and development.
     #[arg(long, hide = true)]
     image_dir: Option<PathBuf>,
+    /// Pod network: `bridge` (a node bridge, a veth per pod, IPv4 and IPv6
+    /// from the node's podCIDRs, routes to other nodes' pods) or `none`
+    /// (loopback only; leaves the machine's links and routes alone).
+    #[arg(long, default_value = "bridge")]
+    pod_network: shoal_agent::net::PodNetworkMode,
+    /// Name of the node's pod bridge.
+    #[arg(long, default_value = "shoal0", value_parser = shoal_agent::net::link_name)]
+    pod_bridge: String,
+    /// Port of the agent's API (logs, exec) on the node IP, like the
+    /// kubelet's 10250; 0 picks a free one.
+    #[arg(long, default_value_t = 10250)]
+    agent_port: u16,
+    /// How often resource usage is pushed to the server (`15s`, `500ms`, `1m`).
+    #[arg(long, default_value = "15s", value_parser = parse_interval)]
+    metrics_interval: std::time::Duration,
+}
+
+/// Parse a duration such as `15s`, `500ms`, `2m` or plain seconds.
+pub fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 15s, 500ms, 1m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("invalid duration {s:?}: unit must be ms, s or m")),
+    };
+    if !(secs > 0.0 && secs <= 86_400.0) {
+        return Err(format!(
+            "invalid duration {s:?}: must be above zero and at most a day"
+        ));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 /// `shoal kubeconfig` subcommands.
@@ -180,6 +219,10 @@ pub fn agent_config(
     cfg.zone = zone;
     cfg.node_ip = flags.node_ip;
     cfg.runc = flags.runc.clone();
+    cfg.pod_network = flags.pod_network;
+    cfg.bridge_name = flags.pod_bridge.clone();
+    cfg.agent_port = flags.agent_port;
+    cfg.metrics_interval = flags.metrics_interval;
     Ok(cfg)
 }
 

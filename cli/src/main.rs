@@ -70,7 +70,60 @@ struct ServerArgs {
     /// (for benchmarking the Wasm overhead).
     #[arg(long, hide = true)]
     native_policies: bool,
+    /// How often each HorizontalPodAutoscaler is evaluated (`15s`, `500ms`, `1m`).
+    #[arg(long, default_value = "15s", value_parser = agent_cmd::parse_interval)]
+    hpa_sync_period: Duration,
+    #[command(flatten)]
+    node_controllers: NodeControllerFlags,
 }
+
+/// Node IPAM and node lifecycle settings (`shoal server` and `shoal up`).
+#[derive(clap::Args, Clone)]
+pub(crate) struct NodeControllerFlags {
+    /// Cluster CIDRs node pod ranges are carved from: at most one IPv4 and one
+    /// IPv6, comma-separated; `spec.podCIDRs` follow this order.
+    #[arg(long, default_value = "10.42.0.0/16,fd42::/56")]
+    cluster_cidr: String,
+    /// Prefix length of each node's IPv4 pod range.
+    #[arg(long, default_value_t = 24)]
+    node_cidr_mask_size_ipv4: u8,
+    /// Prefix length of each node's IPv6 pod range.
+    #[arg(long, default_value_t = 64)]
+    node_cidr_mask_size_ipv6: u8,
+    /// How long a node may go without a heartbeat before it is marked
+    /// Unknown and tainted unreachable (`40s`, `500ms`, `1m`).
+    #[arg(long, default_value = "40s", value_parser = agent_cmd::parse_interval)]
+    node_monitor_grace_period: Duration,
+    /// `tolerationSeconds` of the not-ready toleration every pod gets by default.
+    #[arg(long, default_value_t = 300)]
+    default_not_ready_toleration_seconds: i64,
+    /// `tolerationSeconds` of the unreachable toleration every pod gets by default.
+    #[arg(long, default_value_t = 300)]
+    default_unreachable_toleration_seconds: i64,
+}
+
+impl NodeControllerFlags {
+    /// Write these settings into the API configuration the controllers read.
+    pub(crate) fn apply(&self, api: &mut ApiConfig) -> anyhow::Result<()> {
+        api.ipam = shoal_host::controllers::nodeipam::IpamConfig::parse(
+            &self.cluster_cidr,
+            self.node_cidr_mask_size_ipv4,
+            self.node_cidr_mask_size_ipv6,
+        )
+        .context("--cluster-cidr / --node-cidr-mask-size-*")?;
+        api.node_lifecycle = shoal_host::controllers::nodelifecycle::LifecycleConfig {
+            grace: self.node_monitor_grace_period,
+            default_not_ready_toleration_seconds: self.default_not_ready_toleration_seconds,
+            default_unreachable_toleration_seconds: self.default_unreachable_toleration_seconds,
+        };
+        Ok(())
+    }
+}
+
+/// mimalloc: the API server allocates and frees many small JSON values per
+/// request; glibc malloc spent ~15% of the API threads' time doing it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     if let Err(e) = real_main() {
@@ -121,12 +174,13 @@ async fn shutdown_signal() {
 }
 
 async fn run_server(a: ServerArgs) -> anyhow::Result<()> {
-    let config = ServerConfig {
+    let mut config = ServerConfig {
         data_dir: a.data_dir.clone(),
         listen: a.listen,
         api: ApiConfig {
             max_body_bytes: a.max_body_bytes,
             bookmark_interval: Duration::from_secs(a.bookmark_interval.max(1)),
+            hpa_sync_period: a.hpa_sync_period,
             ..ApiConfig::default()
         },
         watch_history: a.watch_history,
@@ -134,6 +188,7 @@ async fn run_server(a: ServerArgs) -> anyhow::Result<()> {
             native_builtins: a.native_policies,
         },
     };
+    a.node_controllers.apply(&mut config.api)?;
     server::run(config, shutdown_signal(), |r| {
         println!(
             "shoal server ready on https://{} (kubeconfig: {})",

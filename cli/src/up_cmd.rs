@@ -26,6 +26,8 @@ pub struct UpArgs {
     zone: Option<String>,
     #[command(flatten)]
     node: NodeFlags,
+    #[command(flatten)]
+    node_controllers: crate::NodeControllerFlags,
 }
 
 /// Run server and agent until `shutdown`.
@@ -43,13 +45,14 @@ pub async fn run(
         let _ = rx.wait_for(|s| *s).await;
     };
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let config = ServerConfig {
+    let mut config = ServerConfig {
         data_dir: a.data_dir.clone(),
         listen: a.listen,
         api: Default::default(),
         watch_history: 200_000,
         scheduler: Default::default(),
     };
+    a.node_controllers.apply(&mut config.api)?;
     let server = server::run(config, stopped(stop_rx.clone()), move |r| {
         let _ = ready_tx.send(r);
     });

@@ -34,6 +34,17 @@ pub struct Pki {
     pub server_key: String,
 }
 
+/// The user name the host presents to node agents (their API, for logs and
+/// exec), as kube-apiserver presents its `apiserver-kubelet-client`
+/// certificate to kubelets. Agents accept no other client.
+pub const AGENT_CLIENT_CN: &str = "kube-apiserver-kubelet-client";
+
+/// Files (under the PKI directory) of the host's client certificate for node agents.
+pub const AGENT_CLIENT_FILES: (&str, &str) = (
+    "apiserver-kubelet-client.crt",
+    "apiserver-kubelet-client.key",
+);
+
 /// A client certificate and its key.
 pub struct ClientCert {
     /// Certificate PEM.
@@ -134,6 +145,15 @@ impl Pki {
                 pki.server_key = k;
             }
         }
+        let (crt, key) = (
+            dir.join(AGENT_CLIENT_FILES.0),
+            dir.join(AGENT_CLIENT_FILES.1),
+        );
+        if read(&crt)?.is_none() || read(&key)?.is_none() {
+            let c = pki.issue_client(AGENT_CLIENT_CN, &[])?;
+            write_private(&key, &c.key)?;
+            write_private(&crt, &c.cert)?;
+        }
         Ok(pki)
     }
 
@@ -196,6 +216,23 @@ impl Pki {
     }
 }
 
+/// The host's client certificate for node agents, from the PKI directory
+/// (made by [`Pki::load_or_create`]).
+pub fn agent_client(dir: &Path) -> Result<ClientCert, PkiError> {
+    let missing = |p: PathBuf| PkiError::Io {
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, "missing"),
+        path: p,
+    };
+    let (crt, key) = (
+        dir.join(AGENT_CLIENT_FILES.0),
+        dir.join(AGENT_CLIENT_FILES.1),
+    );
+    Ok(ClientCert {
+        cert: read(&crt)?.ok_or_else(|| missing(crt.clone()))?,
+        key: read(&key)?.ok_or_else(|| missing(key.clone()))?,
+    })
+}
+
 /// Render a kubeconfig for `server` authenticating with a client certificate.
 pub fn kubeconfig(
     cluster: &str,
@@ -236,5 +273,10 @@ mod tests {
             .as_str()
             .unwrap();
         assert_eq!(cn, "alice");
+        let host = agent_client(dir.path()).unwrap();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(host.cert.as_bytes()).unwrap();
+        let x = pem.parse_x509().unwrap();
+        let cn = x.subject().iter_common_name().next().unwrap();
+        assert_eq!(cn.as_str().unwrap(), AGENT_CLIENT_CN);
     }
 }

@@ -195,6 +195,7 @@ pub async fn run(
         blobs: Some(blobs.clone()),
         plugin_check: Some(plugin_objects::module_check(runtime.clone(), blobs.clone())),
         pki_dir: Some(dir.join("pki")),
+        node_metrics: Default::default(),
     };
     let state = Arc::new(AppState {
         store: store.clone(),
@@ -205,6 +206,11 @@ pub async fn run(
     plugin_objects::bootstrap(&state, &blobs)
         .await
         .map_err(|e| ServerError::Bootstrap(format!("{:?}", e.status()["message"])))?;
+    let lc = &config.api.node_lifecycle;
+    api::validation::set_default_toleration_seconds(
+        lc.default_not_ready_toleration_seconds,
+        lc.default_unreachable_toleration_seconds,
+    );
     let ctrl_stop = controllers::spawn(state.clone());
     let (plugin_ctl, plugin_set) =
         plugin_objects::PluginController::new(state.clone(), runtime.clone(), blobs.clone());

@@ -6,6 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Flags every test that runs `shoal agent` or `shoal up` in the machine's
+/// own network namespace passes, so no test creates bridges, veths or
+/// routes there (tests/e2e_network.rs runs agents in namespaces of its own).
+pub const NO_POD_NETWORK: [&str; 2] = ["--pod-network", "none"];
+
 /// A running `shoal server` child process.
 pub struct Server {
     pub child: Child,

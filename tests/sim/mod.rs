@@ -21,6 +21,8 @@ pub const IMAGE_OK: &str = "test/ok";
 pub const IMAGE_FAIL: &str = "test/fail";
 /// Pods with any other image (say this one) keep running.
 pub const IMAGE_RUN: &str = "test/run";
+/// Pods with this image keep running but never become Ready.
+pub const IMAGE_UNREADY: &str = "test/unready";
 
 /// A Ready node with room for many pods.
 pub fn node(name: &str, taints: Value) -> Node {
@@ -80,6 +82,26 @@ impl Default for Kubelet {
 impl Kubelet {
     /// Start in the background; the task ends with the test's runtime.
     pub fn start(self, client: kube::Client, ns: &str) -> tokio::task::JoinHandle<()> {
+        self.start_with(client, ns, None)
+    }
+
+    /// Like [`Kubelet::start`], but pods on nodes whose [`Heartbeats`] are
+    /// stopped are left alone, as a dead kubelet would.
+    pub fn start_for(
+        self,
+        client: kube::Client,
+        ns: &str,
+        heartbeats: &Heartbeats,
+    ) -> tokio::task::JoinHandle<()> {
+        self.start_with(client, ns, Some(heartbeats.stopped.clone()))
+    }
+
+    fn start_with(
+        self,
+        client: kube::Client,
+        ns: &str,
+        dead: Option<Arc<Mutex<HashSet<String>>>>,
+    ) -> tokio::task::JoinHandle<()> {
         let pods: Api<Pod> = Api::namespaced(client, ns);
         let started = Arc::new(Mutex::new(HashSet::<String>::new()));
         let deleting = Arc::new(Mutex::new(HashSet::<String>::new()));
@@ -91,6 +113,12 @@ impl Kubelet {
                 // Only pods bound to a node are the kubelet's.
                 if p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none() {
                     continue;
+                }
+                let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
+                if let (Some(d), Some(n)) = (&dead, &node) {
+                    if d.lock().unwrap().contains(n) {
+                        continue;
+                    }
                 }
                 let name = p.metadata.name.clone().unwrap();
                 let uid = p.metadata.uid.clone().unwrap();
@@ -131,11 +159,11 @@ impl Kubelet {
                     let t0 = now();
                     let statuses: Vec<Value> = containers
                         .iter()
-                        .map(|c| json!({"name": c, "image": image, "imageID": "", "ready": true, "restartCount": 0, "started": true, "state": {"running": {"startedAt": t0}}}))
+                        .map(|c| json!({"name": c, "image": image, "imageID": "", "ready": image != IMAGE_UNREADY, "restartCount": 0, "started": true, "state": {"running": {"startedAt": t0}}}))
                         .collect();
                     let running = json!({"status": {"phase": "Running", "hostIP": "10.0.0.1", "startTime": t0,
                         "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": t0},
-                                       {"type": "Ready", "status": "True", "lastTransitionTime": t0}],
+                                       {"type": "Ready", "status": if image == IMAGE_UNREADY { "False" } else { "True" }, "lastTransitionTime": t0}],
                         "containerStatuses": statuses}});
                     if pods
                         .patch_status(&name, &PatchParams::default(), &Patch::Merge(&running))
@@ -166,6 +194,91 @@ impl Kubelet {
                 });
             }
         })
+    }
+}
+
+/// Simulated node heartbeats, as an agent sends them: each node's Lease in
+/// `kube-node-lease` is renewed every `every`, and a node whose Ready
+/// condition is not True (say, Unknown after a silence) posts Ready=True
+/// with a fresh `lastHeartbeatTime`. [`Heartbeats::stop`] silences a node.
+pub struct Heartbeats {
+    stopped: Arc<Mutex<HashSet<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Heartbeats {
+    /// Start heartbeats for `nodes` (which must exist).
+    pub fn start(client: kube::Client, nodes: &[&str], every: Duration) -> Heartbeats {
+        use k8s_openapi::api::coordination::v1::Lease;
+        let stopped = Arc::new(Mutex::new(HashSet::<String>::new()));
+        let names: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
+        let s = stopped.clone();
+        let task = tokio::spawn(async move {
+            let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+            let node_api: Api<Node> = Api::all(client);
+            loop {
+                for n in &names {
+                    if s.lock().unwrap().contains(n) {
+                        continue;
+                    }
+                    let renew = k8s_openapi::jiff::Timestamp::now().to_string();
+                    let spec = json!({"spec": {"holderIdentity": n, "leaseDurationSeconds": 40, "renewTime": renew}});
+                    if leases
+                        .patch(n, &PatchParams::default(), &Patch::Merge(&spec))
+                        .await
+                        .is_err()
+                    {
+                        let mut body: Value =
+                            json!({"metadata": {"name": n, "namespace": "kube-node-lease"}});
+                        body["spec"] = spec["spec"].clone();
+                        let _ = leases
+                            .create(
+                                &PostParams::default(),
+                                &serde_json::from_value(body).unwrap(),
+                            )
+                            .await;
+                    }
+                    let Ok(node) = node_api.get(n).await else {
+                        continue;
+                    };
+                    let ready = node
+                        .status
+                        .and_then(|st| st.conditions)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .find(|c| c.type_ == "Ready")
+                        .map(|c| c.status);
+                    if ready.as_deref() != Some("True") {
+                        let t = now();
+                        let st = json!({"status": {"conditions": [{"type": "Ready", "status": "True",
+                            "reason": "KubeletReady", "message": "simulated kubelet is posting ready status",
+                            "lastHeartbeatTime": t, "lastTransitionTime": t}]}});
+                        let _ = node_api
+                            .patch_status(n, &PatchParams::default(), &Patch::Strategic(&st))
+                            .await;
+                    }
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
+        Heartbeats { stopped, task }
+    }
+
+    /// Silence `node`: no more Lease renewals or status, and its pods are
+    /// left alone by a kubelet started with [`Kubelet::start_for`].
+    pub fn stop(&self, node: &str) {
+        self.stopped.lock().unwrap().insert(node.to_string());
+    }
+
+    /// Let `node` heartbeat again.
+    pub fn resume(&self, node: &str) {
+        self.stopped.lock().unwrap().remove(node);
+    }
+}
+
+impl Drop for Heartbeats {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

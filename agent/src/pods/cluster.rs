@@ -46,6 +46,49 @@ pub trait ClusterApi: Send + Sync {
         name: &'a str,
         uid: &'a str,
     ) -> BoxFuture<'a, Result<(), ApiError>>;
+    /// Record an Event about a pod's container (probe failures, kills).
+    /// The default drops it (test fakes).
+    fn pod_event<'a>(&'a self, _event: &'a PodEvent) -> BoxFuture<'a, Result<(), ApiError>> {
+        async { Ok(()) }.boxed()
+    }
+    /// A PersistentVolumeClaim (None if it does not exist). The default
+    /// (test fakes) serves none.
+    fn claim<'a>(
+        &'a self,
+        _namespace: &'a str,
+        _name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<k8s_openapi::api::core::v1::PersistentVolumeClaim>, ApiError>>
+    {
+        async { Ok(None) }.boxed()
+    }
+    /// A PersistentVolume (None if it does not exist).
+    fn volume<'a>(
+        &'a self,
+        _name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<k8s_openapi::api::core::v1::PersistentVolume>, ApiError>> {
+        async { Ok(None) }.boxed()
+    }
+}
+
+/// An Event about one container of a pod, as kubelet records them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodEvent {
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// Pod uid.
+    pub uid: String,
+    /// Container name (the event's fieldPath).
+    pub container: String,
+    /// `Warning` rather than `Normal`.
+    pub warning: bool,
+    /// Reason, e.g. `Unhealthy`, `Killing`.
+    pub reason: String,
+    /// Message.
+    pub message: String,
+    /// Reporting node.
+    pub node: String,
 }
 
 /// [`ClusterApi`] over a kube-rs client.
@@ -123,5 +166,64 @@ impl ClusterApi for KubeCluster {
             }
         }
         .boxed()
+    }
+
+    fn pod_event<'a>(&'a self, e: &'a PodEvent) -> BoxFuture<'a, Result<(), ApiError>> {
+        async move {
+            let now = k8s_openapi::jiff::Timestamp::now();
+            let body = serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {
+                    "name": format!("{}.{}", e.pod, uuid::Uuid::new_v4().simple()),
+                    "namespace": e.namespace,
+                },
+                "involvedObject": {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "namespace": e.namespace,
+                    "name": e.pod,
+                    "uid": e.uid,
+                    "fieldPath": format!("spec.containers{{{}}}", e.container),
+                },
+                "reason": e.reason,
+                "message": e.message,
+                "type": if e.warning { "Warning" } else { "Normal" },
+                "source": {"component": "kubelet", "host": e.node},
+                "reportingComponent": "kubelet",
+                "reportingInstance": e.node,
+                "firstTimestamp": now.to_string(),
+                "lastTimestamp": now.to_string(),
+                "count": 1,
+            });
+            let ev: k8s_openapi::api::core::v1::Event =
+                serde_json::from_value(body).map_err(|e| ApiError(e.to_string()))?;
+            Api::<k8s_openapi::api::core::v1::Event>::namespaced(self.0.clone(), &e.namespace)
+                .create(&Default::default(), &ev)
+                .await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn claim<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<k8s_openapi::api::core::v1::PersistentVolumeClaim>, ApiError>>
+    {
+        async move {
+            Ok(Api::namespaced(self.0.clone(), namespace)
+                .get_opt(name)
+                .await?)
+        }
+        .boxed()
+    }
+
+    fn volume<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<k8s_openapi::api::core::v1::PersistentVolume>, ApiError>> {
+        async move { Ok(Api::all(self.0.clone()).get_opt(name).await?) }.boxed()
     }
 }

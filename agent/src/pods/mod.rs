@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod cluster;
 pub mod container_spec;
 pub mod env;
+pub mod probes;
 pub mod pull_secrets;
 pub mod quantity;
 pub mod state;

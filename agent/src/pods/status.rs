@@ -49,6 +49,10 @@ pub struct ContainerView {
     pub waiting: Option<(String, String)>,
     /// Restarts so far.
     pub restart_count: i32,
+    /// Whether its startup probe passed (None: no probe decides; running means started).
+    pub probe_started: Option<bool>,
+    /// Whether its readiness probe passes (None: no probe decides; running means ready).
+    pub probe_ready: Option<bool>,
 }
 
 /// What the agent knows about the pod.
@@ -62,8 +66,8 @@ pub struct PodView {
     pub restart_policy: String,
     /// The node's IP.
     pub host_ip: String,
-    /// The pod's IP (empty until pod networking assigns one).
-    pub pod_ip: String,
+    /// The pod's IPs, primary first (empty until pod networking assigns them).
+    pub pod_ips: Vec<String>,
     /// When the agent first accepted the pod.
     pub start_time: Option<Time>,
     /// Whether the sandbox is up.
@@ -149,9 +153,9 @@ pub fn container_status(v: &ContainerView) -> ContainerStatus {
         container_id: cur.map(|a| format!("shoal://{}", a.id)),
         state: Some(state),
         last_state: Some(last_state.unwrap_or_default()),
-        // No readiness probes yet: a running container is ready.
-        ready: running,
-        started: Some(running),
+        // Probes decide when there are any; otherwise running means ready.
+        ready: running && v.probe_ready.unwrap_or(true),
+        started: Some(running && v.probe_started.unwrap_or(true)),
         restart_count: v.restart_count,
         ..Default::default()
     }
@@ -314,11 +318,12 @@ pub fn pod_status(view: &PodView, previous: &[PodCondition], now: &Time) -> PodS
                 ip: view.host_ip.clone(),
             }]
         }),
-        pod_ip: (!view.pod_ip.is_empty()).then(|| view.pod_ip.clone()),
-        pod_ips: (!view.pod_ip.is_empty()).then(|| {
-            vec![PodIP {
-                ip: view.pod_ip.clone(),
-            }]
+        pod_ip: view.pod_ips.first().cloned(),
+        pod_ips: (!view.pod_ips.is_empty()).then(|| {
+            view.pod_ips
+                .iter()
+                .map(|ip| PodIP { ip: ip.clone() })
+                .collect()
         }),
         start_time: view.start_time.clone(),
         init_container_statuses: (!init.is_empty()).then_some(init),
@@ -390,6 +395,14 @@ mod tests {
         assert!(conds.iter().all(|c| c.status == "True"), "{conds:?}");
         assert_eq!(s.host_ip.as_deref(), Some("10.0.0.1"));
         assert!(s.pod_ip.is_none());
+        let dual = PodView {
+            pod_ips: vec!["10.244.1.2".into(), "fd00::2".into()],
+            ..view(cv(Some(running())), "Always")
+        };
+        let s = pod_status(&dual, &[], &t(9));
+        assert_eq!(s.pod_ip.as_deref(), Some("10.244.1.2"));
+        let ips: Vec<String> = s.pod_ips.unwrap().into_iter().map(|p| p.ip).collect();
+        assert_eq!(ips, vec!["10.244.1.2", "fd00::2"]);
     }
 
     #[test]

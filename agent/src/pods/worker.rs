@@ -7,6 +7,7 @@ use super::backoff::Backoff;
 use super::cluster::ClusterApi;
 use super::container_spec::{self, SpecInput};
 use super::env::{self, PodFacts, Sources};
+use super::probes::{PodProbes, ProbeEvent, RuntimeProber};
 use super::state::{self, ContainerRecord, PodRecord};
 use super::status::{self, Attempt, ContainerView, PodView};
 use super::volumes;
@@ -41,6 +42,8 @@ pub struct PodContext {
     pub cgroup_parent: String,
     /// Restart back-off.
     pub backoff: Backoff,
+    /// Gives pods their interface and addresses (see `crate::net`).
+    pub network: Arc<dyn crate::net::PodNetwork>,
 }
 
 /// How long after SIGKILL the worker waits for containers to be reaped.
@@ -73,6 +76,9 @@ pub struct PodWorker {
     exit_tx: mpsc::UnboundedSender<(String, ExitInfo)>,
     exit_rx: mpsc::UnboundedReceiver<(String, ExitInfo)>,
     last_status: Option<serde_json::Value>,
+    /// The pod's IPs once its network is set up for the current sandbox.
+    pod_ips: Option<Vec<String>>,
+    probes: PodProbes,
 }
 
 fn now() -> Time {
@@ -100,6 +106,7 @@ impl PodWorker {
         });
         let log_dir = logs::pod_log_dir(&ctx.data_dir, &record.namespace, &record.name, uid);
         let (exit_tx, exit_rx) = mpsc::unbounded_channel();
+        let probes = PodProbes::new(Arc::new(RuntimeProber::new(ctx.runtime.clone())));
         PodWorker {
             ctx,
             dir,
@@ -120,6 +127,8 @@ impl PodWorker {
             exit_tx,
             exit_rx,
             last_status: None,
+            pod_ips: None,
+            probes,
         }
     }
 
@@ -170,6 +179,10 @@ impl PodWorker {
             tokio::select! {
                 changed = rx.changed() => if changed.is_err() { return },
                 Some((id, exit)) = self.exit_rx.recv() => self.on_exit(&id, exit),
+                ev = self.probes.next() => {
+                    let pod = rx.borrow().clone();
+                    self.on_probe(ev, pod.as_deref()).await;
+                }
                 _ = sleep => {}
             }
         }
@@ -331,6 +344,8 @@ impl PodWorker {
                 Ok(s) => {
                     self.record.sandbox = Some(s);
                     self.save();
+                    // A new sandbox is a new network namespace.
+                    self.pod_ips = None;
                 }
                 Err(e) => {
                     tracing::warn!(pod = %self.record.name, error = %e, "starting sandbox");
@@ -349,6 +364,10 @@ impl PodWorker {
                     return Some(Instant::now() + Duration::from_secs(5));
                 }
             }
+        }
+
+        if let Some(retry) = self.setup_network(pod).await {
+            return Some(retry);
         }
 
         let mut initialized = true;
@@ -513,6 +532,9 @@ impl PodWorker {
         let mut hosts = String::from(
             "# Kubernetes-managed hosts file (shoal).\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
         );
+        for ip in self.pod_ips.iter().flatten() {
+            hosts.push_str(&format!("{ip}\t{hostname}\n"));
+        }
         for a in spec
             .and_then(|s| s.host_aliases.clone())
             .unwrap_or_default()
@@ -569,11 +591,21 @@ impl PodWorker {
         let sources = self.fetch_sources(pod).await.map_err(config_err)?;
         let facts = PodFacts {
             host_ip: self.ctx.host_ip.clone(),
-            pod_ip: String::new(),
+            pod_ip: self
+                .pod_ips
+                .as_ref()
+                .and_then(|ips| ips.first().cloned())
+                .unwrap_or_default(),
         };
         let env = env::resolve(pod, c, &sources, &facts).map_err(config_err)?;
-        let vols = volumes::prepare(pod, &self.dir, &sources).map_err(config_err)?;
+        let mut vols = volumes::prepare(pod, &self.dir, &sources).map_err(config_err)?;
+        let storage_root = crate::storage::root(&self.ctx.data_dir);
+        let claims = crate::storage::claim_volumes(self.ctx.api.as_ref(), pod, &storage_root)
+            .await
+            .map_err(|m| ("ContainerCreating".to_string(), m))?;
+        vols.extend(claims.paths.clone());
         let mut mounts = volumes::mounts(c, &vols).map_err(config_err)?;
+        claims.apply_read_only(c, &mut mounts);
         mounts.extend(self.etc_mounts(pod, c).map_err(config_err)?);
 
         let attempt = self
@@ -788,6 +820,7 @@ impl PodWorker {
                 tracing::warn!(error = %e, "stopping sandbox");
             }
         }
+        self.teardown_network().await;
         self.ctx.runtime.remove_pod_cgroup(&format!(
             "/{}/pod{}",
             self.ctx.cgroup_parent.trim_matches('/'),
@@ -796,6 +829,48 @@ impl PodWorker {
         let _ = std::fs::remove_dir_all(&self.dir);
         let _ = std::fs::remove_dir_all(&self.log_dir);
         tracing::info!(pod = %self.record.name, namespace = %self.record.namespace, "pod removed from node");
+    }
+
+    /// Give the pod its network once per sandbox. Returns when to retry if
+    /// that failed and no container runs yet (they wait in ContainerCreating).
+    async fn setup_network(&mut self, pod: &Pod) -> Option<Instant> {
+        let sandbox = self.record.sandbox?;
+        if self.pod_ips.is_some() {
+            return None;
+        }
+        match self.ctx.network.setup(&self.record.uid, &sandbox).await {
+            Ok(ips) => {
+                self.pod_ips = Some(ips.iter().map(|ip| ip.to_string()).collect());
+                None
+            }
+            Err(e) => {
+                tracing::warn!(pod = %self.record.name, error = %e, "setting up pod network");
+                if (0..self.containers.len()).any(|i| self.running(i)) {
+                    return None;
+                }
+                let spec = pod.spec.as_ref()?;
+                for c in spec
+                    .init_containers
+                    .iter()
+                    .flatten()
+                    .chain(&spec.containers)
+                {
+                    self.waiting.insert(
+                        c.name.clone(),
+                        ("ContainerCreating".into(), format!("pod network: {e}")),
+                    );
+                }
+                let _ = self.report(pod).await;
+                Some(Instant::now() + Duration::from_secs(2))
+            }
+        }
+    }
+
+    /// Remove the pod's interface and release its addresses.
+    async fn teardown_network(&mut self) {
+        if let Err(e) = self.ctx.network.teardown(&self.record.uid).await {
+            tracing::warn!(pod = %self.record.name, error = %e, "tearing down pod network");
+        }
     }
 
     async fn delete_object(&self, pod: &Pod) {
@@ -845,6 +920,7 @@ impl PodWorker {
                 });
             }
         }
+        let probe = latest.and_then(|i| self.probes.flags(&self.containers[i].rec.id));
         ContainerView {
             name: c.name.clone(),
             image: c.image.clone().unwrap_or_default(),
@@ -852,6 +928,8 @@ impl PodWorker {
             previous: self.previous(&c.name, init).map(|i| self.attempt(i)),
             waiting: self.waiting.get(&c.name).cloned(),
             restart_count: latest.map_or(0, |i| self.containers[i].rec.attempt as i32),
+            probe_started: probe.map(|f| f.started),
+            probe_ready: probe.map(|f| f.ready),
         }
     }
 
@@ -859,6 +937,7 @@ impl PodWorker {
     /// recorded and the sandbox stopped. Returns when to retry a failed write.
     async fn report(&mut self, pod: &Pod) -> Option<Instant> {
         let spec = pod.spec.as_ref()?;
+        self.sync_probes(pod);
         let view = PodView {
             init: spec
                 .init_containers
@@ -876,7 +955,7 @@ impl PodWorker {
                 .clone()
                 .unwrap_or_else(|| "Always".into()),
             host_ip: self.ctx.host_ip.clone(),
-            pod_ip: String::new(),
+            pod_ips: self.pod_ips.clone().unwrap_or_default(),
             start_time: self.record.start_time.clone(),
             sandbox_ready: self.record.phase.is_none() && self.sandbox_ok(),
         };
@@ -894,6 +973,7 @@ impl PodWorker {
                 let _ = self.ctx.runtime.stop_sandbox(&s);
             }
             self.save();
+            self.teardown_network().await;
         }
         let value = serde_json::to_value(&status).ok()?;
         if self.last_status.as_ref() == Some(&value) {
@@ -911,6 +991,111 @@ impl PodWorker {
                 Some(Instant::now() + Duration::from_secs(2))
             }
         }
+    }
+}
+
+/// Probes (see `probes.rs`): which containers are probed, and what a failed
+/// liveness or startup probe does.
+impl PodWorker {
+    /// Probe the running latest attempt of each regular container; stop
+    /// probing any other.
+    fn sync_probes(&mut self, pod: &Pod) {
+        let Some(spec) = pod.spec.as_ref() else {
+            return;
+        };
+        let pod_ip = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref());
+        self.probes
+            .set_pod_ip(pod_ip.and_then(|ip| ip.parse().ok()));
+        let netns = self.record.sandbox.map(|s| PathBuf::from(s.ns_path("net")));
+        let now_s = k8s_openapi::jiff::Timestamp::now().as_second();
+        let mut keep = Vec::new();
+        for c in &spec.containers {
+            let Some(i) = self.latest(&c.name, false).filter(|i| self.running(*i)) else {
+                continue;
+            };
+            let rec = &self.containers[i].rec;
+            if let (Some(ns), Some(started)) = (&netns, &rec.started_at) {
+                let ago = Duration::from_secs((now_s - started.0.as_second()).max(0) as u64);
+                self.probes.ensure(&rec.id, c, ns.clone(), ago);
+            }
+            keep.push(rec.id.clone());
+        }
+        let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
+        self.probes.retain(&keep);
+    }
+
+    /// A probe result changed (the loop reports status next) or a liveness
+    /// or startup probe failed: kill that container like kubelet (SIGTERM,
+    /// grace period, SIGKILL) and let the restart policy act on its exit.
+    async fn on_probe(&mut self, ev: ProbeEvent, pod: Option<&Pod>) {
+        let ProbeEvent::Failed {
+            id,
+            kind,
+            message,
+            grace,
+        } = ev
+        else {
+            return;
+        };
+        let Some(i) = self.containers.iter().position(|c| c.rec.id == id) else {
+            return;
+        };
+        if !self.running(i) || pod.is_some_and(|p| p.metadata.deletion_timestamp.is_some()) {
+            return;
+        }
+        let name = self.containers[i].rec.name.clone();
+        let grace = grace.unwrap_or_else(|| {
+            let secs = pod
+                .and_then(|p| p.spec.as_ref())
+                .and_then(|s| s.termination_grace_period_seconds)
+                .unwrap_or(30);
+            Duration::from_secs(secs.max(0) as u64)
+        });
+        let verb = match kind {
+            super::probes::ProbeKind::Startup => "startup",
+            _ => "liveness",
+        };
+        tracing::info!(pod = %self.record.name, namespace = %self.record.namespace, container = %name,
+            reason = "Unhealthy", %message, "{} probe failed", kind.name());
+        tracing::info!(pod = %self.record.name, namespace = %self.record.namespace, container = %name,
+            reason = "Killing", "Container {name} failed {verb} probe, will be restarted");
+        for (warning, reason, text) in [
+            (
+                true,
+                "Unhealthy",
+                format!("{} probe failed: {message}", kind.name()),
+            ),
+            (
+                false,
+                "Killing",
+                format!("Container {name} failed {verb} probe, will be restarted"),
+            ),
+        ] {
+            let event = super::cluster::PodEvent {
+                namespace: self.record.namespace.clone(),
+                pod: self.record.name.clone(),
+                uid: self.record.uid.clone(),
+                container: name.clone(),
+                warning,
+                reason: reason.into(),
+                message: text,
+                node: self.ctx.node_name.clone(),
+            };
+            if let Err(e) = self.ctx.api.pod_event(&event).await {
+                tracing::warn!(pod = %self.record.name, error = %e, "recording event");
+            }
+        }
+        let rt = self.ctx.runtime.clone();
+        tokio::spawn(async move {
+            if !grace.is_zero() {
+                if let Err(e) = rt.signal(&id, Signal::Term).await {
+                    tracing::warn!(%id, error = %e, "signalling container");
+                }
+                tokio::time::sleep(grace).await;
+            }
+            // Gone already is fine: the runtime treats it as success.
+            let _ = rt.signal(&id, Signal::Kill).await;
+        });
     }
 }
 
@@ -1015,6 +1200,7 @@ mod tests {
             data_dir: data.clone(),
             cgroup_parent: "shoal".into(),
             backoff: Backoff::default(),
+            network: Arc::new(crate::net::NoNetwork),
         });
         let w = PodWorker::new(ctx, "uid-1", "default", "p");
         let (tx, rx) = watch::channel(Some(Arc::new(pod.clone())));
@@ -1179,6 +1365,75 @@ mod tests {
             h.api.statuses.lock().unwrap().last().is_some_and(|s| {
                 s["phase"] == "Succeeded" && s["containerStatuses"][0]["restartCount"] == 1
             })
+        })
+        .await;
+        drop(h.tx);
+    }
+
+    #[tokio::test]
+    async fn failing_liveness_probe_kills_and_restarts_and_readiness_gates_ready() {
+        tokio::time::pause();
+        let p = pod(
+            json!({"spec": {"restartPolicy": "Always", "initContainers": null,
+            "terminationGracePeriodSeconds": 3,
+            "containers": [{"name": "main", "image": "busybox", "command": ["sleep", "1000"],
+                "readinessProbe": {"exec": {"command": ["ready"]}, "periodSeconds": 1, "failureThreshold": 1},
+                "livenessProbe": {"exec": {"command": ["live"]}, "periodSeconds": 5, "failureThreshold": 2,
+                    "initialDelaySeconds": 20}}]}}),
+        );
+        let h = harness(RecordingRuntime::new(), &p);
+        let last = |h: &Harness| {
+            h.api
+                .statuses
+                .lock()
+                .unwrap()
+                .last()
+                .cloned()
+                .unwrap_or_default()
+        };
+        let ready = |s: &serde_json::Value| {
+            s["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+                .map(|c| c["status"].clone())
+        };
+        eventually("main started", || h.rt.started().len() == 1).await;
+        let first = h.rt.started()[0].clone();
+        eventually("ready after the readiness probe passed", || {
+            let s = last(&h);
+            s["containerStatuses"][0]["ready"] == true && ready(&s) == Some(json!("True"))
+        })
+        .await;
+        assert!(h
+            .rt
+            .execs()
+            .iter()
+            .any(|(id, argv)| id == &first && argv == &["ready"]));
+        // Both probes start failing: readiness flips Ready at once, liveness
+        // kills after two failures (20 s initial delay, 5 s period).
+        h.rt.set_exec_exit_code(1);
+        eventually("not ready", || {
+            let s = last(&h);
+            s["containerStatuses"][0]["ready"] == false && ready(&s) == Some(json!("False"))
+        })
+        .await;
+        assert!(h.rt.is_running(&first));
+        // Let the paused clock run past the liveness delay and two periods.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        eventually("killed by liveness", || {
+            h.rt.calls()
+                .contains(&Call::Signal(first.clone(), Signal::Term))
+        })
+        .await;
+        h.rt.set_exec_exit_code(0);
+        // restartPolicy Always: a new attempt after the back-off, restartCount 1.
+        tokio::time::advance(Duration::from_secs(11)).await;
+        eventually("restarted", || h.rt.started().len() == 2).await;
+        eventually("restartCount 1 and ready again", || {
+            let s = last(&h);
+            s["containerStatuses"][0]["restartCount"] == 1
+                && s["containerStatuses"][0]["ready"] == true
+                && s["containerStatuses"][0]["lastState"]["terminated"]["exitCode"] == 143
         })
         .await;
         drop(h.tx);

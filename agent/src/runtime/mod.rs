@@ -9,6 +9,7 @@ pub mod pause;
 pub mod recording;
 pub mod runc;
 pub mod shim;
+pub mod stream;
 
 use futures::future::BoxFuture;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -148,6 +149,39 @@ pub trait ContainerRuntime: Send + Sync {
     fn remove<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>>;
     /// Remove a pod's cgroup parent once its containers are gone.
     fn remove_pod_cgroup(&self, parent: &str);
+    /// Run `argv` in running container `id` without a terminal or stdin,
+    /// capturing stdout and stderr (interleaved, capped at
+    /// [`EXEC_CAPTURE_LIMIT`]); the process is killed after `timeout`. For
+    /// exec probes; interactive exec is separate.
+    fn exec_capture<'a>(
+        &'a self,
+        id: &'a str,
+        argv: &'a [String],
+        timeout: std::time::Duration,
+    ) -> BoxFuture<'a, Result<ExecOutput, RuntimeError>>;
+    /// Start `argv` in running container `id` with its stdio streamed to the
+    /// caller (`kubectl exec`, see [`stream`]); runtimes without it refuse.
+    fn exec_stream<'a>(
+        &'a self,
+        id: &'a str,
+        argv: &'a [String],
+        opts: stream::ExecStreamOptions,
+    ) -> BoxFuture<'a, Result<stream::ExecSession, RuntimeError>> {
+        let _ = (id, argv, opts);
+        stream::unsupported()
+    }
+}
+
+/// How much output [`ContainerRuntime::exec_capture`] keeps (kubelet keeps 10 KiB of probe output).
+pub const EXEC_CAPTURE_LIMIT: usize = 10 * 1024;
+
+/// What a non-interactive exec produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// The command's exit code (None if it timed out and was killed).
+    pub exit_code: Option<i32>,
+    /// Its stdout and stderr, truncated to [`EXEC_CAPTURE_LIMIT`].
+    pub output: Vec<u8>,
 }
 
 /// Read an exit record written by the shim.

@@ -40,6 +40,9 @@ pub struct RecordingRuntime {
     changed: tokio::sync::Notify,
     next_pid: AtomicI32,
     ignore_term: bool,
+    /// exec_capture calls (container id, argv) and the exit code they get.
+    execs: Mutex<Vec<(String, Vec<String>)>>,
+    exec_exit_code: AtomicI32,
 }
 
 impl RecordingRuntime {
@@ -91,6 +94,16 @@ impl RecordingRuntime {
     /// Whether a container is running.
     pub fn is_running(&self, id: &str) -> bool {
         self.running.lock().expect("lock").contains(id)
+    }
+
+    /// Make every later `exec_capture` exit with `code` (0 until set).
+    pub fn set_exec_exit_code(&self, code: i32) {
+        self.exec_exit_code.store(code, Ordering::SeqCst);
+    }
+
+    /// The `exec_capture` calls so far: (container id, argv).
+    pub fn execs(&self) -> Vec<(String, Vec<String>)> {
+        self.execs.lock().expect("lock").clone()
     }
 
     fn record(&self, c: Call) {
@@ -177,4 +190,28 @@ impl ContainerRuntime for RecordingRuntime {
     }
 
     fn remove_pod_cgroup(&self, _parent: &str) {}
+
+    fn exec_capture<'a>(
+        &'a self,
+        id: &'a str,
+        argv: &'a [String],
+        _timeout: std::time::Duration,
+    ) -> BoxFuture<'a, Result<super::ExecOutput, RuntimeError>> {
+        self.execs
+            .lock()
+            .expect("lock")
+            .push((id.to_string(), argv.to_vec()));
+        let running = self.is_running(id);
+        let code = self.exec_exit_code.load(Ordering::SeqCst);
+        async move {
+            if !running {
+                return Err(RuntimeError::Runc(format!("container {id} is not running")));
+            }
+            Ok(super::ExecOutput {
+                exit_code: Some(code),
+                output: format!("exit {code}\n").into_bytes(),
+            })
+        }
+        .boxed()
+    }
 }

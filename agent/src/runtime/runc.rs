@@ -348,4 +348,101 @@ impl ContainerRuntime for RuncRuntime {
     fn remove_pod_cgroup(&self, parent: &str) {
         cgroups::remove(parent);
     }
+
+    fn exec_stream<'a>(
+        &'a self,
+        id: &'a str,
+        argv: &'a [String],
+        opts: super::stream::ExecStreamOptions,
+    ) -> BoxFuture<'a, Result<super::stream::ExecSession, RuntimeError>> {
+        super::stream::runc_exec_stream(&self.runc, &self.root, id, argv, opts).boxed()
+    }
+
+    fn exec_capture<'a>(
+        &'a self,
+        id: &'a str,
+        argv: &'a [String],
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<super::ExecOutput, RuntimeError>> {
+        async move {
+            // `runc exec` takes the container's process spec (env, user, cwd,
+            // capabilities) as the template and replaces the arguments.
+            let dir = tempdir_for_exec(&self.root, id).map_err(io_err("exec pid file dir"))?;
+            let pid_file = dir.join("pid");
+            let mut child = self
+                .runc()
+                .arg("exec")
+                .arg("--pid-file")
+                .arg(&pid_file)
+                .arg(id)
+                .args(argv)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(io_err("runc exec"))?;
+            let (out, err) = (child.stdout.take(), child.stderr.take());
+            let output = std::sync::Arc::new(Mutex::new(Vec::new()));
+            let collect = |r: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>>| {
+                let output = output.clone();
+                async move {
+                    use tokio::io::AsyncReadExt;
+                    let Some(mut r) = r else { return };
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = r.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        let mut o = output.lock().expect("exec output lock");
+                        let room = super::EXEC_CAPTURE_LIMIT.saturating_sub(o.len());
+                        o.extend_from_slice(&buf[..n.min(room)]);
+                    }
+                }
+            };
+            let out = collect(out.map(|r| Box::new(r) as _));
+            let err = collect(err.map(|r| Box::new(r) as _));
+            let run = async {
+                let (status, (), ()) = tokio::join!(child.wait(), out, err);
+                status
+            };
+            let exit_code = match tokio::time::timeout(timeout, run).await {
+                Ok(status) => {
+                    let status = status.map_err(io_err("runc exec"))?;
+                    use std::os::unix::process::ExitStatusExt;
+                    Some(
+                        status
+                            .code()
+                            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+                    )
+                }
+                Err(_) => {
+                    // Killing runc would leave the process running in the
+                    // container: kill the process itself by its host pid.
+                    if let Some(pid) = std::fs::read_to_string(&pid_file)
+                        .ok()
+                        .and_then(|p| p.trim().parse::<i32>().ok())
+                    {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                    None
+                }
+            };
+            let _ = std::fs::remove_dir_all(&dir);
+            let output = std::mem::take(&mut *output.lock().expect("exec output lock"));
+            Ok(super::ExecOutput { exit_code, output })
+        }
+        .boxed()
+    }
+}
+
+/// A fresh directory for one exec's pid file, under the runc root's sibling.
+fn tempdir_for_exec(root: &Path, id: &str) -> std::io::Result<PathBuf> {
+    let dir = root
+        .with_file_name("exec")
+        .join(format!("{id}-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }

@@ -195,7 +195,9 @@ pub fn handle(method: &Method, segs: &[&str], _query: &Query) -> Option<Response
                     groups.push(g);
                 }
             }
-            json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups.iter().map(|g| group_entry(g)).collect::<Vec<_>>()})
+            let mut list: Vec<Value> = groups.iter().map(|g| group_entry(g)).collect();
+            list.push(super::metrics_api::group_entry());
+            json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": list})
         }
         ["apis", g] if resources::group_versions().iter().any(|(x, _)| x == g) => {
             let mut e = group_entry(g);

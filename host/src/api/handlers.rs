@@ -261,6 +261,20 @@ async fn dispatch(
     req: Request<Body>,
     watching: bool,
 ) -> ApiResult<Response> {
+    // pods/log and pods/exec are served by the pod's node agent (api/proxy.rs).
+    if let (Some(sub), true, "", "pods") = (
+        t.sub.as_deref(),
+        t.name.is_some(),
+        t.info.group,
+        t.info.plural,
+    ) {
+        if sub == "portforward" {
+            return super::proxy::pod_port_forward(state, &t, req).await;
+        }
+        if super::proxy::POD_SUBRESOURCES.contains(&sub) {
+            return super::proxy::pod_subresource(state, &t, sub, req).await;
+        }
+    }
     let format = negotiate(req.headers(), &query)?;
     let sub = t.sub.as_deref();
     if let Some(sub) = sub {

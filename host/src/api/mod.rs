@@ -5,8 +5,10 @@ pub mod client;
 pub mod discovery;
 pub mod error;
 pub mod handlers;
+pub mod metrics_api;
 pub mod object;
 pub mod protobuf;
+pub mod proxy;
 pub mod resources;
 pub mod selector;
 pub mod strategic;
@@ -35,6 +37,12 @@ pub struct ApiConfig {
     pub bookmark_interval: Duration,
     /// Default watch timeout when the client gives none.
     pub default_watch_timeout: Duration,
+    /// How often the HorizontalPodAutoscaler controller evaluates each HPA.
+    pub hpa_sync_period: Duration,
+    /// Node IPAM: cluster CIDRs and node mask sizes.
+    pub ipam: crate::controllers::nodeipam::IpamConfig,
+    /// Node lifecycle: heartbeat grace and default toleration seconds.
+    pub node_lifecycle: crate::controllers::nodelifecycle::LifecycleConfig,
 }
 
 impl Default for ApiConfig {
@@ -43,6 +51,9 @@ impl Default for ApiConfig {
             max_body_bytes: 3 * 1024 * 1024,
             bookmark_interval: Duration::from_secs(60),
             default_watch_timeout: Duration::from_secs(1800),
+            hpa_sync_period: Duration::from_secs(15),
+            ipam: Default::default(),
+            node_lifecycle: Default::default(),
         }
     }
 }
@@ -72,6 +83,8 @@ pub struct Hooks {
     pub plugin_check: Option<PluginCheck>,
     /// Where the cluster's key material lives (service-account token signing).
     pub pki_dir: Option<std::path::PathBuf>,
+    /// The latest resource usage report of each node (`metrics.k8s.io`).
+    pub node_metrics: metrics_api::NodeMetricsStore,
 }
 
 /// The API router. Health endpoints are open; everything else needs an identity.
@@ -86,6 +99,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(blobs::get_blob)
                 .head(blobs::head_blob)
                 .put(blobs::put_blob),
+        )
+        .route(
+            "/shoal/v1/nodes/{node}/metrics",
+            axum::routing::put(metrics_api::put_node_metrics),
         )
         // The built-in OCI registry (/v2/...), authenticated like the API.
         .merge(crate::registry::routes())
@@ -125,6 +142,10 @@ async fn api(State(state): State<Arc<AppState>>, req: Request<Body>) -> Response
     let Some(identity) = identity else {
         return ApiError::Unauthorized.into_response();
     };
+    // metrics.k8s.io is served from memory, like an aggregated APIService.
+    if let Some(resp) = metrics_api::route(&state, &req) {
+        return resp;
+    }
     let (verb, resource, resp) = handlers::handle(&state, identity, req).await;
     let code = resp.status().as_u16();
     if verb != "watch" {

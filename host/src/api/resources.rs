@@ -1,7 +1,7 @@
 //! The registry of served kinds: names, scope, verbs, subresources, and the
 //! typed codec each kind's bodies are checked against.
 
-use k8s_openapi::api::{apps, batch, coordination, core, discovery, rbac};
+use k8s_openapi::api::{apps, batch, coordination, core, discovery, rbac, storage};
 use serde_json::Value;
 
 /// Decodes a body into the kind's typed form and back, which checks field types
@@ -320,6 +320,19 @@ pub static RESOURCES: &[ResourceInfo] = &[
         codec::<apps::v1::StatefulSet>
     ),
     res!(
+        "apps",
+        "v1",
+        "controllerrevisions",
+        "controllerrevision",
+        "ControllerRevision",
+        true,
+        NONE,
+        NONE,
+        NONE,
+        NONE,
+        codec::<apps::v1::ControllerRevision>
+    ),
+    res!(
         "batch",
         "v1",
         "jobs",
@@ -346,6 +359,19 @@ pub static RESOURCES: &[ResourceInfo] = &[
         codec::<batch::v1::CronJob>
     ),
     res!(
+        "autoscaling",
+        "v2",
+        "horizontalpodautoscalers",
+        "horizontalpodautoscaler",
+        "HorizontalPodAutoscaler",
+        true,
+        &["hpa"],
+        ALL,
+        &["status"],
+        NONE,
+        codec::<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler>
+    ),
+    res!(
         "discovery.k8s.io",
         "v1",
         "endpointslices",
@@ -357,6 +383,19 @@ pub static RESOURCES: &[ResourceInfo] = &[
         NONE,
         NONE,
         codec::<discovery::v1::EndpointSlice>
+    ),
+    res!(
+        "storage.k8s.io",
+        "v1",
+        "storageclasses",
+        "storageclass",
+        "StorageClass",
+        false,
+        &["sc"],
+        NONE,
+        NONE,
+        NONE,
+        codec::<storage::v1::StorageClass>
     ),
     res!(
         "coordination.k8s.io",

@@ -278,6 +278,7 @@ fn printer_for(kind: &str) -> Printer {
         }
         "ControllerRevision" => (CONTROLLERREVISION_COLS, print_controllerrevision),
         "Plugin" => (PLUGIN_COLS, print_plugin),
+        "HorizontalPodAutoscaler" => (HPA_COLS, print_hpa),
         _ => (DEFAULT_COLS, print_default),
     };
     Printer { columns, row }
@@ -2014,6 +2015,96 @@ const DEFAULT_COLS: &[Col] = &[
         desc: AGE_DESC,
     },
 ];
+
+const HPA_COLS: &[Col] = &[
+    name_col(),
+    c("Reference", "string", "Reference to the scaled resource."),
+    c(
+        "Targets",
+        "string",
+        "Current and target values of the metrics.",
+    ),
+    c("MinPods", "string", "Lower limit for the number of pods."),
+    c("MaxPods", "integer", "Upper limit for the number of pods."),
+    c("Replicas", "integer", "Current number of replicas."),
+    age_col(),
+];
+
+/// `cpu: 60%/50%` per Resource metric, as kubectl prints HPA targets.
+fn hpa_targets(hpa: &Value) -> String {
+    let specs = arr(hpa, &["spec", "metrics"]);
+    if specs.is_empty() {
+        return "<none>".into();
+    }
+    let statuses = arr(hpa, &["status", "currentMetrics"]);
+    let mut list = Vec::new();
+    for (i, m) in specs.iter().enumerate() {
+        let ty = st(m, &["type"]);
+        let (src, name) = match ty {
+            "Resource" => ("resource", st(m, &["resource", "name"]).to_string()),
+            "ContainerResource" => (
+                "containerResource",
+                format!(
+                    "{} (container {})",
+                    st(m, &["containerResource", "name"]),
+                    st(m, &["containerResource", "container"])
+                ),
+            ),
+            _ => {
+                list.push(format!("<{ty} metric>"));
+                continue;
+            }
+        };
+        let target = at(m, &[src, "target"]);
+        let current = statuses.get(i).map(|s| at(s, &[src, "current"]));
+        let entry = if is_present(at(target, &["averageValue"])) {
+            let cur = current
+                .and_then(|c| c.get("averageValue"))
+                .map(quantity)
+                .unwrap_or_else(|| "<unknown>".into());
+            format!("{name}: {cur}/{}", quantity(at(target, &["averageValue"])))
+        } else {
+            let cur = current
+                .and_then(|c| c.get("averageUtilization"))
+                .and_then(Value::as_i64)
+                .map(|u| format!("{u}%"))
+                .unwrap_or_else(|| "<unknown>".into());
+            let tgt = at(target, &["averageUtilization"])
+                .as_i64()
+                .map(|u| format!("{u}%"))
+                .unwrap_or_else(|| "<auto>".into());
+            format!("{name}: {cur}/{tgt}")
+        };
+        list.push(entry);
+    }
+    if list.len() > 2 {
+        let more = list.len() - 2;
+        list.truncate(2);
+        return format!("{} + {more} more...", list.join(", "));
+    }
+    list.join(", ")
+}
+
+fn print_hpa(hpa: &Value, now: DateTime<Utc>) -> Printed {
+    let min = at(hpa, &["spec", "minReplicas"])
+        .as_i64()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|| "<unset>".into());
+    vec![
+        name_of(hpa),
+        json!(format!(
+            "{}/{}",
+            st(hpa, &["spec", "scaleTargetRef", "kind"]),
+            st(hpa, &["spec", "scaleTargetRef", "name"])
+        )),
+        json!(hpa_targets(hpa)),
+        json!(min),
+        json!(int(hpa, &["spec", "maxReplicas"])),
+        json!(int(hpa, &["status", "currentReplicas"])),
+        age(hpa, now),
+    ]
+    .into()
+}
 
 fn print_default(obj: &Value, now: DateTime<Utc>) -> Printed {
     vec![name_of(obj), age(obj, now)].into()

@@ -171,6 +171,46 @@ fn default_pod_spec(spec: &mut Value) {
     });
 }
 
+/// `tolerationSeconds` of the not-ready and unreachable tolerations pods get
+/// by default; process-wide, set once by the server from its flags.
+static DEFAULT_TOLERATION_SECONDS: [std::sync::atomic::AtomicI64; 2] = [
+    std::sync::atomic::AtomicI64::new(300),
+    std::sync::atomic::AtomicI64::new(300),
+];
+
+/// Set the `tolerationSeconds` of the default not-ready and unreachable
+/// tolerations (`--default-not-ready-toleration-seconds`, `--default-unreachable-toleration-seconds`).
+pub fn set_default_toleration_seconds(not_ready: i64, unreachable: i64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    DEFAULT_TOLERATION_SECONDS[0].store(not_ready, Relaxed);
+    DEFAULT_TOLERATION_SECONDS[1].store(unreachable, Relaxed);
+}
+
+/// Kubernetes' DefaultTolerationSeconds admission: a pod that does not
+/// tolerate the not-ready or unreachable NoExecute taint gets a toleration
+/// for it with a time limit, so it is evicted from a failed node after that.
+fn default_toleration_seconds(spec: &mut Value) {
+    use crate::controllers::nodelifecycle::{tolerates, TAINT_NOT_READY, TAINT_UNREACHABLE};
+    if !spec.is_object() {
+        return;
+    }
+    for (i, key) in [TAINT_NOT_READY, TAINT_UNREACHABLE].into_iter().enumerate() {
+        let taint = json!({"key": key, "effect": "NoExecute"});
+        let list = spec
+            .get("tolerations")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        if list.iter().any(|t| tolerates(t, &taint)) {
+            continue;
+        }
+        let seconds = DEFAULT_TOLERATION_SECONDS[i].load(std::sync::atomic::Ordering::Relaxed);
+        let mut list = list;
+        list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": seconds}));
+        spec["tolerations"] = Value::Array(list);
+    }
+}
+
 /// Apply Kubernetes defaults to a new or updated object.
 pub fn default_object(info: &ResourceInfo, obj: &mut Value) {
     match info.kind {
@@ -184,6 +224,7 @@ pub fn default_object(info: &ResourceInfo, obj: &mut Value) {
                 set_default(spec, &["serviceAccountName"], json!("default"));
                 set_default(spec, &["serviceAccount"], json!("default"));
                 set_default(spec, &["priority"], json!(0));
+                default_toleration_seconds(spec);
             }
             set_default(obj, &["status", "phase"], json!("Pending"));
         }
@@ -192,6 +233,9 @@ pub fn default_object(info: &ResourceInfo, obj: &mut Value) {
                 set_default(obj, &["spec", "replicas"], json!(1));
             }
             set_default(obj, &["spec", "revisionHistoryLimit"], json!(10));
+            if info.kind == "StatefulSet" {
+                default_statefulset(obj);
+            }
             if info.kind == "Deployment" {
                 set_default(obj, &["spec", "progressDeadlineSeconds"], json!(600));
                 set_default(obj, &["spec", "strategy", "type"], json!("RollingUpdate"));
@@ -277,6 +321,10 @@ pub fn default_object(info: &ResourceInfo, obj: &mut Value) {
             });
         }
         "Secret" => set_default(obj, &["type"], json!("Opaque")),
+        "HorizontalPodAutoscaler" => default_hpa(obj),
+        "PersistentVolume" | "PersistentVolumeClaim" | "StorageClass" => {
+            default_storage(info.kind, obj)
+        }
         _ => {}
     }
 }
@@ -465,7 +513,10 @@ pub fn validate(info: &ResourceInfo, obj: &Value) -> Vec<Cause> {
             if info.kind == "Deployment" {
                 check_deployment_strategy(obj, &mut causes);
             }
-            if info.kind == "Deployment" || info.kind == "DaemonSet" {
+            if info.kind == "StatefulSet" {
+                check_statefulset(obj, &mut causes);
+            }
+            if info.kind != "ReplicaSet" {
                 if let Some(rp) = str_at(obj, &["spec", "template", "spec", "restartPolicy"]) {
                     if rp != "Always" {
                         causes.push(Cause::not_supported(
@@ -559,6 +610,10 @@ pub fn validate(info: &ResourceInfo, obj: &Value) -> Vec<Cause> {
             }
         }
         "Plugin" => check_plugin(obj, &mut causes),
+        "HorizontalPodAutoscaler" => check_hpa(obj, &mut causes),
+        "PersistentVolume" | "PersistentVolumeClaim" | "StorageClass" => {
+            check_storage(info.kind, obj, &mut causes)
+        }
         _ => {}
     }
     causes
@@ -721,6 +776,129 @@ fn check_plugin(obj: &Value, causes: &mut Vec<Cause>) {
     }
 }
 
+/// StatefulSet defaults, as Kubernetes sets them.
+fn default_statefulset(obj: &mut Value) {
+    set_default(obj, &["spec", "podManagementPolicy"], json!("OrderedReady"));
+    set_default(
+        obj,
+        &["spec", "updateStrategy", "type"],
+        json!("RollingUpdate"),
+    );
+    if str_at(obj, &["spec", "updateStrategy", "type"]) == Some("RollingUpdate") {
+        set_default(
+            obj,
+            &["spec", "updateStrategy", "rollingUpdate", "partition"],
+            json!(0),
+        );
+    }
+    for (k, v) in [("whenDeleted", "Retain"), ("whenScaled", "Retain")] {
+        set_default(
+            obj,
+            &["spec", "persistentVolumeClaimRetentionPolicy", k],
+            json!(v),
+        );
+    }
+    for_each_mut(obj, &["spec", "volumeClaimTemplates"], |t| {
+        set_default(t, &["spec", "volumeMode"], json!("Filesystem"));
+        set_default(t, &["status", "phase"], json!("Pending"));
+    });
+}
+
+/// StatefulSet policy fields and claim templates, as Kubernetes validates them.
+fn check_statefulset(obj: &Value, causes: &mut Vec<Cause>) {
+    if let Some(p) = str_at(obj, &["spec", "podManagementPolicy"]) {
+        if p != "OrderedReady" && p != "Parallel" {
+            causes.push(Cause::not_supported(
+                "spec.podManagementPolicy",
+                p,
+                &["OrderedReady", "Parallel"],
+            ));
+        }
+    }
+    let ty = str_at(obj, &["spec", "updateStrategy", "type"]);
+    match ty {
+        Some("RollingUpdate") | Some("OnDelete") | None => {}
+        Some(t) => causes.push(Cause::not_supported(
+            "spec.updateStrategy.type",
+            t,
+            &["OnDelete", "RollingUpdate"],
+        )),
+    }
+    if ty == Some("OnDelete") && get(obj, &["spec", "updateStrategy", "rollingUpdate"]).is_some() {
+        causes.push(Cause::invalid(
+            "spec.updateStrategy.rollingUpdate",
+            "",
+            "only allowed for updateStrategy 'RollingUpdate'",
+        ));
+    }
+    for path in [
+        &["spec", "updateStrategy", "rollingUpdate", "partition"][..],
+        &["spec", "ordinals", "start"][..],
+        &["spec", "minReadySeconds"][..],
+    ] {
+        if let Some(n) = get(obj, path).and_then(Value::as_i64).filter(|n| *n < 0) {
+            causes.push(Cause::invalid(
+                path.join("."),
+                n,
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+    for k in ["whenDeleted", "whenScaled"] {
+        if let Some(v) = str_at(obj, &["spec", "persistentVolumeClaimRetentionPolicy", k]) {
+            if v != "Retain" && v != "Delete" {
+                causes.push(Cause::not_supported(
+                    format!("spec.persistentVolumeClaimRetentionPolicy.{k}"),
+                    v,
+                    &["Retain", "Delete"],
+                ));
+            }
+        }
+    }
+    let templates = get(obj, &["spec", "volumeClaimTemplates"])
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for (i, t) in templates.iter().enumerate() {
+        let field = format!("spec.volumeClaimTemplates[{i}].metadata.name");
+        match str_at(t, &["metadata", "name"]) {
+            None | Some("") => causes.push(Cause::required(field)),
+            Some(n) if !is_dns_subdomain(n) => causes.push(Cause::invalid(
+                field,
+                n,
+                "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
+            )),
+            Some(_) => {}
+        }
+    }
+}
+
+/// Only some StatefulSet spec fields may change.
+fn check_statefulset_update(old: &Value, new: &Value, causes: &mut Vec<Cause>) {
+    let strip = |v: &Value| -> Value {
+        let mut s = v.get("spec").cloned().unwrap_or(Value::Null);
+        if let Some(m) = s.as_object_mut() {
+            for f in [
+                "replicas",
+                "ordinals",
+                "template",
+                "updateStrategy",
+                "persistentVolumeClaimRetentionPolicy",
+                "minReadySeconds",
+                "revisionHistoryLimit",
+                // Reported on its own.
+                "selector",
+            ] {
+                m.remove(f);
+            }
+        }
+        s
+    };
+    if strip(old) != strip(new) {
+        causes.push(Cause::forbidden("spec", "updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden"));
+    }
+}
+
 /// Rules that compare the new object to the old one (immutable fields).
 pub fn validate_update(info: &ResourceInfo, old: &Value, new: &Value) -> Vec<Cause> {
     let mut causes = Vec::new();
@@ -789,9 +967,569 @@ pub fn validate_update(info: &ResourceInfo, old: &Value, new: &Value) -> Vec<Cau
                 ));
             }
         }
+        "PersistentVolume" | "PersistentVolumeClaim" | "StorageClass" => {
+            check_storage_update(info.kind, old, new, &mut causes)
+        }
         _ => {}
     }
+    if info.kind == "StatefulSet" {
+        check_statefulset_update(old, new, &mut causes);
+    }
     causes
+}
+
+// ---- Storage: PersistentVolume, PersistentVolumeClaim, StorageClass ----
+
+/// Parse a resource quantity ("10Gi", "500M", "1e3") to its value in units.
+pub fn parse_quantity(q: &str) -> Option<f64> {
+    let q = q.trim();
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(q.len());
+    let (num, suffix) = q.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let mult = match suffix {
+        "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        s if s.starts_with(['e', 'E']) => 10f64.powi(s[1..].parse().ok()?),
+        _ => return None,
+    };
+    Some(n * mult)
+}
+
+const ACCESS_MODES: &[&str] = &[
+    "ReadOnlyMany",
+    "ReadWriteMany",
+    "ReadWriteOnce",
+    "ReadWriteOncePod",
+];
+
+/// The volume sources a PersistentVolume may name (exactly one).
+const PV_SOURCES: &[&str] = &[
+    "awsElasticBlockStore",
+    "azureDisk",
+    "azureFile",
+    "cephfs",
+    "cinder",
+    "csi",
+    "fc",
+    "flexVolume",
+    "flocker",
+    "gcePersistentDisk",
+    "glusterfs",
+    "hostPath",
+    "iscsi",
+    "local",
+    "nfs",
+    "photonPersistentDisk",
+    "portworxVolume",
+    "quobyte",
+    "rbd",
+    "scaleIO",
+    "storageos",
+    "vsphereVolume",
+];
+
+fn required_because(field: &str, why: &str) -> Cause {
+    Cause {
+        reason: "FieldValueRequired",
+        field: field.into(),
+        message: format!("Required value: {why}"),
+    }
+}
+
+fn default_storage(kind: &str, obj: &mut Value) {
+    match kind {
+        "PersistentVolume" => {
+            // Hand-made volumes keep their data; provisioners set the class's policy.
+            set_default(
+                obj,
+                &["spec", "persistentVolumeReclaimPolicy"],
+                json!("Retain"),
+            );
+            set_default(obj, &["spec", "volumeMode"], json!("Filesystem"));
+            set_default(obj, &["status", "phase"], json!("Pending"));
+        }
+        "PersistentVolumeClaim" => {
+            set_default(obj, &["spec", "volumeMode"], json!("Filesystem"));
+            set_default(obj, &["status", "phase"], json!("Pending"));
+        }
+        _ => {
+            set_default(obj, &["reclaimPolicy"], json!("Delete"));
+            set_default(obj, &["volumeBindingMode"], json!("Immediate"));
+        }
+    }
+}
+
+fn check_access_modes(modes: Option<&Value>, field: &str, causes: &mut Vec<Cause>) {
+    let list = modes
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    if list.is_empty() {
+        causes.push(Cause::required(field));
+        return;
+    }
+    for m in list {
+        let s = m.as_str().unwrap_or("");
+        if !ACCESS_MODES.contains(&s) {
+            causes.push(Cause::not_supported(field, s, ACCESS_MODES));
+        }
+    }
+    if list.len() > 1 && list.iter().any(|m| m == "ReadWriteOncePod") {
+        causes.push(Cause::forbidden(
+            field,
+            "may not use ReadWriteOncePod with other access modes",
+        ));
+    }
+}
+
+fn check_storage_quantity(v: Option<&Value>, field: &str, causes: &mut Vec<Cause>) {
+    match v.and_then(Value::as_str) {
+        None => causes.push(Cause::required(field)),
+        Some(q) => match parse_quantity(q) {
+            Some(n) if n > 0.0 => {}
+            Some(_) => causes.push(Cause::invalid(field, q, "must be greater than zero")),
+            None => causes.push(Cause::invalid(
+                field,
+                q,
+                "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'",
+            )),
+        },
+    }
+}
+
+fn check_class_name(v: Option<&Value>, field: &str, causes: &mut Vec<Cause>) {
+    if let Some(c) = v.and_then(Value::as_str).filter(|c| !c.is_empty()) {
+        if !is_dns_subdomain(c) {
+            causes.push(Cause::invalid(field, c, DNS_SUBDOMAIN_MSG));
+        }
+    }
+}
+
+fn check_volume_mode(v: Option<&Value>, field: &str, causes: &mut Vec<Cause>) {
+    if let Some(m) = v.and_then(Value::as_str) {
+        if !["Block", "Filesystem"].contains(&m) {
+            causes.push(Cause::not_supported(field, m, &["Block", "Filesystem"]));
+        }
+    }
+}
+
+fn check_storage(kind: &str, obj: &Value, causes: &mut Vec<Cause>) {
+    let spec = obj.get("spec").unwrap_or(&Value::Null);
+    match kind {
+        "PersistentVolume" => {
+            check_access_modes(spec.get("accessModes"), "spec.accessModes", causes);
+            check_storage_quantity(
+                get(spec, &["capacity", "storage"]),
+                "spec.capacity.storage",
+                causes,
+            );
+            check_class_name(
+                spec.get("storageClassName"),
+                "spec.storageClassName",
+                causes,
+            );
+            check_volume_mode(spec.get("volumeMode"), "spec.volumeMode", causes);
+            if let Some(p) = str_at(spec, &["persistentVolumeReclaimPolicy"]) {
+                let ok = ["Delete", "Recycle", "Retain"];
+                if !ok.contains(&p) {
+                    causes.push(Cause::not_supported(
+                        "spec.persistentVolumeReclaimPolicy",
+                        p,
+                        &ok,
+                    ));
+                }
+            }
+            let sources: Vec<&str> = PV_SOURCES
+                .iter()
+                .copied()
+                .filter(|s| spec.get(*s).is_some_and(|v| !v.is_null()))
+                .collect();
+            match sources.as_slice() {
+                [] => causes.push(required_because("spec", "must specify a volume type")),
+                [_] => {}
+                _ => causes.push(Cause::forbidden(
+                    "spec",
+                    "may not specify more than 1 volume type",
+                )),
+            }
+            for src in ["hostPath", "local"] {
+                if sources.contains(&src) {
+                    match str_at(spec, &[src, "path"]) {
+                        None | Some("") => causes.push(Cause::required(format!("spec.{src}.path"))),
+                        Some(p) if !p.starts_with('/') || p.split('/').any(|c| c == "..") => causes
+                            .push(Cause::invalid(
+                                format!("spec.{src}.path"),
+                                p,
+                                "must be an absolute path without '..'",
+                            )),
+                        _ => {}
+                    }
+                }
+            }
+            if sources.contains(&"local") && get(spec, &["nodeAffinity", "required"]).is_none() {
+                causes.push(required_because(
+                    "spec.nodeAffinity",
+                    "Local volume requires node affinity",
+                ));
+            }
+        }
+        "PersistentVolumeClaim" => {
+            check_access_modes(spec.get("accessModes"), "spec.accessModes", causes);
+            check_storage_quantity(
+                get(spec, &["resources", "requests", "storage"]),
+                "spec.resources[storage]",
+                causes,
+            );
+            check_class_name(
+                spec.get("storageClassName"),
+                "spec.storageClassName",
+                causes,
+            );
+            check_volume_mode(spec.get("volumeMode"), "spec.volumeMode", causes);
+            if let Some(sel) = spec.get("selector").filter(|s| !s.is_null()) {
+                if let Err(e) = super::selector::LabelSelector::from_json(sel) {
+                    causes.push(Cause::invalid("spec.selector", "", e));
+                }
+            }
+        }
+        _ => {
+            match obj.get("provisioner").and_then(Value::as_str) {
+                None | Some("") => causes.push(Cause::required("provisioner")),
+                Some(p) if !is_qualified_name(p) => causes.push(Cause::invalid(
+                    "provisioner",
+                    p,
+                    "must be a qualified name (e.g. 'example.com/my-provisioner')",
+                )),
+                _ => {}
+            }
+            if let Some(p) = obj.get("reclaimPolicy").and_then(Value::as_str) {
+                if !["Delete", "Retain"].contains(&p) {
+                    causes.push(Cause::not_supported(
+                        "reclaimPolicy",
+                        p,
+                        &["Delete", "Retain"],
+                    ));
+                }
+            }
+            if let Some(m) = obj.get("volumeBindingMode").and_then(Value::as_str) {
+                let ok = ["Immediate", "WaitForFirstConsumer"];
+                if !ok.contains(&m) {
+                    causes.push(Cause::not_supported("volumeBindingMode", m, &ok));
+                }
+            }
+        }
+    }
+}
+
+fn check_storage_update(kind: &str, old: &Value, new: &Value, causes: &mut Vec<Cause>) {
+    let spec = |v: &Value| v.get("spec").cloned().unwrap_or(Value::Null);
+    match kind {
+        "PersistentVolume" => {
+            let (o, n) = (spec(old), spec(new));
+            let source = |s: &Value| {
+                PV_SOURCES
+                    .iter()
+                    .map(|k| s.get(*k).cloned().unwrap_or(Value::Null))
+                    .collect::<Vec<_>>()
+            };
+            if source(&o) != source(&n) {
+                causes.push(Cause::forbidden(
+                    "spec.persistentvolumesource",
+                    "spec.persistentvolumesource is immutable after creation",
+                ));
+            }
+            if o.get("volumeMode") != n.get("volumeMode") {
+                causes.push(Cause::invalid(
+                    "spec.volumeMode",
+                    n.get("volumeMode").and_then(Value::as_str).unwrap_or(""),
+                    "field is immutable",
+                ));
+            }
+            if o.get("nodeAffinity").is_some_and(|a| !a.is_null())
+                && o.get("nodeAffinity") != n.get("nodeAffinity")
+            {
+                causes.push(Cause::invalid(
+                    "spec.nodeAffinity",
+                    "",
+                    "field is immutable",
+                ));
+            }
+        }
+        "PersistentVolumeClaim" => {
+            // Only the storage request may grow; volumeName and a missing
+            // class may be set once (binding, default class assignment).
+            let strip = |v: &Value| {
+                let mut s = spec(v);
+                if let Some(m) = s.as_object_mut() {
+                    m.remove("resources");
+                    m.remove("volumeAttributesClassName");
+                }
+                s
+            };
+            let (mut o, n) = (strip(old), strip(new));
+            for f in ["volumeName", "storageClassName"] {
+                let unset = o
+                    .get(f)
+                    .is_none_or(|v| v.is_null() || (f == "volumeName" && v == ""));
+                if unset {
+                    if let (Some(m), Some(v)) = (o.as_object_mut(), n.get(f)) {
+                        m.insert(f.into(), v.clone());
+                    }
+                }
+            }
+            if o != n {
+                causes.push(Cause::forbidden(
+                    "spec",
+                    "spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims",
+                ));
+            }
+            let req = |v: &Value| {
+                str_at(v, &["spec", "resources", "requests", "storage"]).and_then(parse_quantity)
+            };
+            if let (Some(a), Some(b)) = (req(old), req(new)) {
+                if b < a {
+                    causes.push(Cause::forbidden(
+                        "spec.resources.requests.storage",
+                        "field can not be less than previous value",
+                    ));
+                }
+            }
+        }
+        _ => {
+            for (f, msg) in [
+                ("provisioner", "updates to provisioner are forbidden."),
+                ("parameters", "updates to parameters are forbidden."),
+                ("reclaimPolicy", "updates to reclaimPolicy are forbidden."),
+                ("volumeBindingMode", "field is immutable"),
+            ] {
+                if old.get(f) != new.get(f) {
+                    causes.push(Cause::forbidden(f, msg));
+                }
+            }
+        }
+    }
+}
+
+/// autoscaling/v2 defaults: `minReplicas` 1, a CPU target of 80% when no
+/// metric is given, and a given `behavior` completed with the default rules.
+fn default_hpa(obj: &mut Value) {
+    set_default(obj, &["spec", "minReplicas"], json!(1));
+    let empty = obj
+        .pointer("/spec/metrics")
+        .and_then(Value::as_array)
+        .is_none_or(|m| m.is_empty());
+    if empty && obj.get("spec").is_some_and(Value::is_object) {
+        obj["spec"]["metrics"] = json!([{"type": "Resource", "resource": {
+            "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]);
+    }
+    if let Some(b) = obj.pointer_mut("/spec/behavior") {
+        if b.is_object() {
+            *b = hpa_behavior_defaults(b);
+        }
+    }
+}
+
+/// A behavior with every missing rule, policy list, select policy and
+/// stabilization window filled as Kubernetes does: scale up at most
+/// max(100%, 4 pods) per 15 s with no window; scale down at most 100% per
+/// 15 s after a 300 s window.
+pub fn hpa_behavior_defaults(behavior: &Value) -> Value {
+    let fill = |rules: Option<&Value>, window: i64, policies: Value| {
+        let mut r = match rules {
+            Some(r) if r.is_object() => r.clone(),
+            _ => json!({}),
+        };
+        set_default(&mut r, &["stabilizationWindowSeconds"], json!(window));
+        set_default(&mut r, &["selectPolicy"], json!("Max"));
+        set_default(&mut r, &["policies"], policies);
+        r
+    };
+    let mut out = behavior.clone();
+    if !out.is_object() {
+        out = json!({});
+    }
+    out["scaleUp"] = fill(
+        behavior.get("scaleUp"),
+        0,
+        json!([{"type": "Pods", "value": 4, "periodSeconds": 15},
+               {"type": "Percent", "value": 100, "periodSeconds": 15}]),
+    );
+    out["scaleDown"] = fill(
+        behavior.get("scaleDown"),
+        300,
+        json!([{"type": "Percent", "value": 100, "periodSeconds": 15}]),
+    );
+    out
+}
+
+fn check_hpa(obj: &Value, causes: &mut Vec<Cause>) {
+    let Some(spec) = obj.get("spec") else {
+        causes.push(Cause::required("spec"));
+        return;
+    };
+    for f in ["kind", "name"] {
+        if str_at(spec, &["scaleTargetRef", f]).is_none_or(str::is_empty) {
+            causes.push(Cause::required(format!("spec.scaleTargetRef.{f}")));
+        }
+    }
+    let min = spec.get("minReplicas").and_then(Value::as_i64).unwrap_or(1);
+    if min < 1 {
+        causes.push(Cause::invalid(
+            "spec.minReplicas",
+            min,
+            "must be greater than or equal to 1",
+        ));
+    }
+    match spec.get("maxReplicas").and_then(Value::as_i64) {
+        None => causes.push(Cause::required("spec.maxReplicas")),
+        Some(max) if max < 1 => causes.push(Cause::invalid(
+            "spec.maxReplicas",
+            max,
+            "must be greater than or equal to 1",
+        )),
+        Some(max) if max < min => causes.push(Cause::invalid(
+            "spec.maxReplicas",
+            max,
+            "must be greater than or equal to `minReplicas`",
+        )),
+        _ => {}
+    }
+    let metrics = spec
+        .get("metrics")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    const TYPES: &[&str] = &[
+        "Object",
+        "Pods",
+        "Resource",
+        "ContainerResource",
+        "External",
+    ];
+    for (i, m) in metrics.iter().enumerate() {
+        let f = format!("spec.metrics[{i}]");
+        let ty = m.get("type").and_then(Value::as_str).unwrap_or("");
+        if !TYPES.contains(&ty) {
+            causes.push(Cause::not_supported(format!("{f}.type"), ty, TYPES));
+            continue;
+        }
+        if ty != "Resource" && ty != "ContainerResource" {
+            continue;
+        }
+        let src = if ty == "Resource" {
+            "resource"
+        } else {
+            "containerResource"
+        };
+        let Some(r) = m.get(src) else {
+            causes.push(Cause::required(format!("{f}.{src}")));
+            continue;
+        };
+        if r.get("name")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            causes.push(Cause::required(format!("{f}.{src}.name")));
+        }
+        let t = r.get("target").cloned().unwrap_or_default();
+        match t.get("type").and_then(Value::as_str) {
+            Some("Utilization") => match t.get("averageUtilization").and_then(Value::as_i64) {
+                Some(u) if u > 0 => {}
+                Some(u) => causes.push(Cause::invalid(
+                    format!("{f}.{src}.target.averageUtilization"),
+                    u,
+                    "must be greater than 0",
+                )),
+                None => causes.push(Cause::required(format!(
+                    "{f}.{src}.target.averageUtilization"
+                ))),
+            },
+            Some("AverageValue") => {
+                if t.get("averageValue").is_none_or(Value::is_null) {
+                    causes.push(Cause::required(format!("{f}.{src}.target.averageValue")));
+                }
+            }
+            other => causes.push(Cause::not_supported(
+                format!("{f}.{src}.target.type"),
+                other.unwrap_or(""),
+                &["Utilization", "AverageValue"],
+            )),
+        }
+    }
+    for dir in ["scaleUp", "scaleDown"] {
+        let Some(rules) = spec.get("behavior").and_then(|b| b.get(dir)) else {
+            continue;
+        };
+        let f = format!("spec.behavior.{dir}");
+        if let Some(w) = rules
+            .get("stabilizationWindowSeconds")
+            .and_then(Value::as_i64)
+        {
+            if !(0..=3600).contains(&w) {
+                causes.push(Cause::invalid(
+                    format!("{f}.stabilizationWindowSeconds"),
+                    w,
+                    "must be between 0 and 3600",
+                ));
+            }
+        }
+        if let Some(sp) = rules.get("selectPolicy").and_then(Value::as_str) {
+            if !["Max", "Min", "Disabled"].contains(&sp) {
+                causes.push(Cause::not_supported(
+                    format!("{f}.selectPolicy"),
+                    sp,
+                    &["Disabled", "Max", "Min"],
+                ));
+            }
+        }
+        let policies = rules.get("policies").and_then(Value::as_array);
+        if policies.is_some_and(|p| p.is_empty()) {
+            causes.push(Cause::required(format!("{f}.policies")));
+        }
+        for (i, p) in policies.into_iter().flatten().enumerate() {
+            let pf = format!("{f}.policies[{i}]");
+            let ty = p.get("type").and_then(Value::as_str).unwrap_or("");
+            if !["Pods", "Percent"].contains(&ty) {
+                causes.push(Cause::not_supported(
+                    format!("{pf}.type"),
+                    ty,
+                    &["Percent", "Pods"],
+                ));
+            }
+            let v = p.get("value").and_then(Value::as_i64).unwrap_or(0);
+            if v <= 0 {
+                causes.push(Cause::invalid(
+                    format!("{pf}.value"),
+                    v,
+                    "must be greater than zero",
+                ));
+            }
+            let period = p.get("periodSeconds").and_then(Value::as_i64).unwrap_or(0);
+            if !(1..=1800).contains(&period) {
+                causes.push(Cause::invalid(
+                    format!("{pf}.periodSeconds"),
+                    period,
+                    "must be greater than zero and less than or equal to 1800",
+                ));
+            }
+        }
+    }
 }
 
 #[cfg(test)]

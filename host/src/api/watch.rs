@@ -83,10 +83,16 @@ fn streaming(
 
 /// Turn one store event into a watch event for this watcher, if any.
 fn translate(e: &Event, sel: &Selectors, render: &Render) -> Option<Bytes> {
-    let prev = e
-        .prev
-        .as_ref()
-        .and_then(|p| object::from_bytes(p, e.revision).ok());
+    // The previous value matters for deletes and for selector transitions
+    // only; an unfiltered watch of updates need not parse it.
+    let everything = sel.label.is_empty() && sel.field.is_empty();
+    let prev = match e.kind {
+        EventKind::Put if everything => None,
+        _ => e
+            .prev
+            .as_ref()
+            .and_then(|p| object::from_bytes(p, e.revision).ok()),
+    };
     match e.kind {
         EventKind::Delete => {
             let obj = prev?;
@@ -95,7 +101,14 @@ fn translate(e: &Event, sel: &Selectors, render: &Render) -> Option<Bytes> {
         EventKind::Put => {
             let obj = object::from_bytes(e.value.as_ref()?, e.revision).ok()?;
             let now = sel.matches(&obj);
-            let before = prev.as_ref().is_some_and(|p| sel.matches(p));
+            let before = match &prev {
+                _ if everything => e.create_revision != e.revision,
+                Some(p) => sel.matches(p),
+                // An update whose previous value was compacted out of the
+                // change log: assume it matched as it matches now.
+                None if e.create_revision != e.revision => now,
+                None => false,
+            };
             match (before, now) {
                 (true, true) => Some(render.event("MODIFIED", obj)),
                 (false, true) => Some(render.event("ADDED", obj)),

@@ -78,11 +78,17 @@ fn daemon_pod_spec(template_spec: &Value) -> Value {
         if *host_only && !host_network {
             continue;
         }
-        if !tolerations
-            .iter()
-            .any(|t| t["key"] == *key && t["effect"] == *effect)
-        {
-            tolerations.push(json!({"key": key, "operator": "Exists", "effect": effect}));
+        // Kubernetes' AddOrUpdateTolerationInPodSpec: the same toleration
+        // with, say, tolerationSeconds is replaced, so daemons are never evicted.
+        let daemon = json!({"key": key, "operator": "Exists", "effect": effect});
+        match tolerations.iter_mut().find(|t| {
+            t["key"] == *key
+                && t["effect"] == *effect
+                && t["operator"] == "Exists"
+                && t["value"].as_str().unwrap_or("").is_empty()
+        }) {
+            Some(t) => *t = daemon,
+            None => tolerations.push(daemon),
         }
     }
     spec["tolerations"] = Value::Array(tolerations);
@@ -459,10 +465,15 @@ impl Reconciler for DaemonSetController {
     }
 
     async fn reconcile(&self, client: &LocalClient, key: &ObjectKey) -> Result<Action, ApiError> {
-        let (node_list, _) = client.list(nodes(), None, None)?;
         if key.namespace.is_none() {
             // A node changed: every DaemonSet may need a pod more or less.
             let (all, _) = client.list(daemonsets(), None, None)?;
+            if all.is_empty() {
+                // Listing (and parsing) every node for no DaemonSet is the
+                // costly part on a big cluster: skip it.
+                return Ok(Action::AwaitChange);
+            }
+            let (node_list, _) = client.list(nodes(), None, None)?;
             let mut action = Action::AwaitChange;
             let mut first_err = None;
             for ds in all {
@@ -476,6 +487,7 @@ impl Reconciler for DaemonSetController {
         let Some(ds) = client.get(daemonsets(), key.namespace.as_deref(), &key.name)? else {
             return Ok(Action::AwaitChange);
         };
+        let (node_list, _) = client.list(nodes(), None, None)?;
         sync(client, &ds, &node_list).await
     }
 }
@@ -663,6 +675,24 @@ mod tests {
         assert!(!tol
             .iter()
             .any(|t| t["key"] == "node.kubernetes.io/network-unavailable"));
+        // A template toleration of the same taint with a time limit is replaced.
+        let d = ds(
+            json!({"containers": [{"name": "c", "image": "i"}], "tolerations": [
+            {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 5}]}),
+        );
+        let p = pod_for(&d, "n1", "h");
+        let unreachable: Vec<&Value> = p["spec"]["tolerations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["key"] == "node.kubernetes.io/unreachable")
+            .collect();
+        assert_eq!(
+            unreachable,
+            vec![
+                &json!({"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute"})
+            ]
+        );
     }
 
     #[test]

@@ -9,15 +9,20 @@ pub mod daemonset;
 pub mod deployment;
 pub mod events;
 pub mod gc;
+pub mod hpa;
 pub mod job;
 pub mod namespace;
+pub mod nodeipam;
+pub mod nodelifecycle;
 pub mod ownership;
 pub mod pod_state;
 pub mod pods;
 pub mod replicaset;
 pub mod runtime;
 pub mod serviceaccount;
+pub mod statefulset;
 pub mod template_hash;
+pub mod volume;
 
 pub use runtime::{Action, ObjectKey, Reconciler, Watch};
 
@@ -42,6 +47,16 @@ pub fn spawn(state: Arc<AppState>) -> Arc<Notify> {
     )));
     tasks.push(tokio::spawn(gc::run(client.clone())));
     tasks.push(tokio::spawn(runtime::run(
+        Arc::new(nodeipam::NodeIpamController::new(&state.config.ipam)),
+        client.clone(),
+    )));
+    tasks.push(tokio::spawn(runtime::run(
+        Arc::new(nodelifecycle::NodeLifecycleController::new(
+            state.config.node_lifecycle.clone(),
+        )),
+        client.clone(),
+    )));
+    tasks.push(tokio::spawn(runtime::run(
         Arc::new(job::JobController::default()),
         client.clone(),
     )));
@@ -53,6 +68,10 @@ pub fn spawn(state: Arc<AppState>) -> Arc<Notify> {
         Arc::new(daemonset::DaemonSetController),
         client.clone(),
     )));
+    tasks.push(tokio::spawn(runtime::run(
+        Arc::new(statefulset::StatefulSetController::default()),
+        client.clone(),
+    )));
     let tokens = state
         .hooks
         .pki_dir
@@ -60,6 +79,14 @@ pub fn spawn(state: Arc<AppState>) -> Arc<Notify> {
         .map(serviceaccount::TokenController::new)
         .unwrap_or_default();
     tasks.push(tokio::spawn(runtime::run(Arc::new(tokens), client.clone())));
+    tasks.push(tokio::spawn(volume::run(client.clone())));
+    tasks.push(tokio::spawn(runtime::run(
+        Arc::new(hpa::HpaController::new(
+            Arc::new(hpa::ReportedMetrics(state.clone())),
+            state.config.hpa_sync_period,
+        )),
+        client.clone(),
+    )));
     let s = stop.clone();
     tokio::spawn(async move {
         s.notified().await;

@@ -190,6 +190,52 @@ pub async fn run<R: Reconciler>(r: Arc<R>, client: LocalClient) {
     }
 }
 
+/// Events decoded once and shared by every informer: each controller that
+/// watches pods would otherwise parse the same JSON again (value and previous
+/// value) for every change. Keyed by (revision, key, which side), which fixes
+/// the content; bounded, oldest entries dropped first.
+struct DecodeCache {
+    map: HashMap<(u64, Arc<str>, bool), Arc<Value>>,
+    order: VecDeque<(u64, Arc<str>, bool)>,
+}
+
+const DECODE_CACHE_ENTRIES: usize = 16_384;
+
+static DECODED: std::sync::Mutex<Option<DecodeCache>> = std::sync::Mutex::new(None);
+
+/// The event's new (`prev == false`) or previous object, parsed once.
+fn decoded(e: &crate::store::Event, prev: bool) -> Option<Arc<Value>> {
+    let raw = if prev {
+        e.prev.as_ref()
+    } else {
+        e.value.as_ref()
+    }?;
+    let key: (u64, Arc<str>, bool) = (e.revision, Arc::from(e.key.as_str()), prev);
+    if let Some(v) = DECODED
+        .lock()
+        .expect("decode cache lock")
+        .as_ref()
+        .and_then(|c| c.map.get(&key).cloned())
+    {
+        return Some(v);
+    }
+    let v = Arc::new(object::from_bytes(raw, e.revision).ok()?);
+    let mut guard = DECODED.lock().expect("decode cache lock");
+    let c = guard.get_or_insert_with(|| DecodeCache {
+        map: HashMap::new(),
+        order: VecDeque::new(),
+    });
+    if c.map.insert(key.clone(), v.clone()).is_none() {
+        c.order.push_back(key);
+        while c.order.len() > DECODE_CACHE_ENTRIES {
+            if let Some(old) = c.order.pop_front() {
+                c.map.remove(&old);
+            }
+        }
+    }
+    Some(v)
+}
+
 async fn informer(
     client: LocalClient,
     w: Watch,
@@ -219,11 +265,10 @@ async fn informer(
         while let Some(batch) = stream.next().await {
             let Ok(events) = batch else { break };
             for e in events {
-                let raws = [e.value.as_ref(), e.prev.as_ref()];
-                for raw in raws.into_iter().flatten() {
-                    let Ok(o) = object::from_bytes(raw, e.revision) else {
-                        continue;
-                    };
+                for o in [decoded(&e, false), decoded(&e, true)]
+                    .into_iter()
+                    .flatten()
+                {
                     for k in (w.map)(&o) {
                         if tx.send(k).is_err() {
                             return;

@@ -10,6 +10,7 @@
 
 pub mod policy;
 pub mod queue;
+pub mod volumes;
 
 use crate::api::handlers::{self, Target};
 use crate::api::{object, resources, AppState};
@@ -49,6 +50,8 @@ enum Input {
     Plugins(Arc<PluginSet>),
     /// A bind finished.
     Bound(String, BindOutcome),
+    /// Claims, volumes or classes changed (pods waiting on them may fit now).
+    Volumes,
 }
 
 /// Start the scheduler. Policy calls are synchronous, so the scheduling loop
@@ -64,9 +67,11 @@ pub fn spawn(
     let (tx, rx) = std::sync::mpsc::channel();
     let rt = tokio::runtime::Handle::current();
     let informer = rt.spawn(informer(state.clone(), tx.clone(), plugins));
+    let volume_informer = rt.spawn(volume_informer(state.clone(), tx.clone()));
     rt.spawn(async move {
         stop.notified().await;
         informer.abort();
+        volume_informer.abort();
     });
     std::thread::Builder::new()
         .name("scheduler".into())
@@ -141,6 +146,32 @@ async fn informer(
             }
         }
         tracing::warn!("scheduler: watch ended; relisting");
+    }
+}
+
+/// Watch claims, volumes and classes; any change is one `Input::Volumes`.
+async fn volume_informer(state: Arc<AppState>, tx: std::sync::mpsc::Sender<Input>) {
+    let kinds = [
+        resources::lookup("", "v1", "persistentvolumeclaims").expect("claims"),
+        resources::lookup("", "v1", "persistentvolumes").expect("volumes"),
+        resources::lookup("storage.k8s.io", "v1", "storageclasses").expect("classes"),
+    ];
+    loop {
+        let rev = state.store.current_revision();
+        let watches: Result<Vec<_>, _> = kinds
+            .iter()
+            .map(|k| state.store.watch(&k.prefix(None), rev))
+            .collect();
+        let Ok(watches) = watches else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        let mut all = futures::stream::select_all(watches);
+        while let Some(Ok(_)) = all.next().await {
+            if tx.send(Input::Volumes).is_err() {
+                return;
+            }
+        }
     }
 }
 
@@ -277,6 +308,7 @@ impl Scheduler {
                 self.sync_plugins();
             }
             Input::Bound(key, outcome) => self.on_bound(&key, outcome),
+            Input::Volumes => self.queue.cluster_changed(Instant::now()),
         }
     }
 
@@ -588,6 +620,23 @@ impl Scheduler {
             pod.namespace.clone(),
             pod.name.clone(),
         );
+        // Built-in volume step: claims that no node can satisfy now.
+        let gathered = if pod_json.contains("\"persistentVolumeClaim\"") {
+            let volume_client = crate::api::client::LocalClient::new(self.state.clone());
+            let pod_value: Value = serde_json::from_str(&pod_json).unwrap_or(Value::Null);
+            volumes::VolumeCheck::gather(&volume_client, &ns, &pod_value)
+        } else {
+            Ok(volumes::VolumeCheck::default())
+        };
+        let volume_check = match gathered {
+            Ok(v) => v,
+            Err(why) => {
+                let msg = format!("0/{} nodes are available: {why}.", self.order.len());
+                self.queue.unschedulable(key);
+                self.mark_unschedulable(&ns, &name, msg);
+                return;
+            }
+        };
         self.flush_view();
         let scorers: Vec<String> = self
             .policies
@@ -651,6 +700,23 @@ impl Scheduler {
                         self.fail_policy(&name, e);
                     }
                 }
+            }
+            if !volume_check.is_empty() {
+                alive.retain(|h| {
+                    let node = self
+                        .node_names
+                        .get(h)
+                        .and_then(|n| self.nodes.get(n))
+                        .and_then(|(_, j)| serde_json::from_str::<Value>(j).ok())
+                        .unwrap_or(Value::Null);
+                    match volume_check.node_ok(&node) {
+                        Ok(()) => true,
+                        Err(reason) => {
+                            *reasons.entry(reason.to_string()).or_default() += 1;
+                            false
+                        }
+                    }
+                });
             }
             feasible.extend(alive);
         }
@@ -724,7 +790,13 @@ impl Scheduler {
         let state = self.state.clone();
         let tx = self.inputs.clone();
         let k = key.to_string();
+        let delayed_claims = volume_check.delayed_claims();
         self.rt.spawn(async move {
+            // PreBind: the pod's WaitForFirstConsumer claims follow the node.
+            if let Err(why) = volumes::prebind(state.clone(), &ns, &delayed_claims, &node).await {
+                let _ = tx.send(Input::Bound(k, BindOutcome::Retry(why)));
+                return;
+            }
             let info = resources::lookup("", "v1", "pods").expect("pods");
             let t = Target {
                 info,

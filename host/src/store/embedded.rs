@@ -9,6 +9,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -118,49 +119,128 @@ fn take_chunk<'a>(raw: &mut &'a [u8]) -> Option<Option<&'a [u8]>> {
     Some(Some(d))
 }
 
-/// Change log entry: sequence of `[kind u8][create_rev u64][key][value?][prev?]`.
-fn encode_events(events: &[Event]) -> Vec<u8> {
+/// Change-log event kinds. `PUT_FULL` (older files) carries the previous
+/// value inline; `PUT` carries only the revision of the previous value (it is
+/// that revision's entry in the log), which keeps an update's log entry to
+/// one copy of the object; `DELETE` carries the deleted value.
+const PUT_FULL: u8 = 0;
+const DELETE: u8 = 1;
+const PUT: u8 = 2;
+
+/// Change log entry: sequence of events, each
+/// `[kind u8][create_rev u64]` then for `PUT` `[prev_rev u64][key][value]`,
+/// otherwise `[key][value?][prev?]`.
+fn encode_events(events: &[Event], prev_revs: &[Revision]) -> Vec<u8> {
     let mut buf = Vec::new();
-    for e in events {
-        buf.push(match e.kind {
-            EventKind::Put => 0,
-            EventKind::Delete => 1,
-        });
-        buf.extend_from_slice(&e.create_revision.to_le_bytes());
-        put_chunk(&mut buf, Some(e.key.as_bytes()));
-        put_chunk(&mut buf, e.value.as_deref());
-        put_chunk(&mut buf, e.prev.as_deref());
+    for (e, &prev_rev) in events.iter().zip(prev_revs) {
+        match e.kind {
+            EventKind::Put => {
+                buf.push(PUT);
+                buf.extend_from_slice(&e.create_revision.to_le_bytes());
+                buf.extend_from_slice(&prev_rev.to_le_bytes());
+                put_chunk(&mut buf, Some(e.key.as_bytes()));
+                put_chunk(&mut buf, e.value.as_deref());
+            }
+            EventKind::Delete => {
+                buf.push(DELETE);
+                buf.extend_from_slice(&e.create_revision.to_le_bytes());
+                put_chunk(&mut buf, Some(e.key.as_bytes()));
+                put_chunk(&mut buf, None);
+                put_chunk(&mut buf, e.prev.as_deref());
+            }
+        }
     }
     buf
 }
 
-fn decode_events(revision: Revision, mut raw: &[u8]) -> Result<Vec<Event>, StoreError> {
+/// One decoded log event and, for `PUT`, the revision holding its previous
+/// value (0 when the key was new).
+type LoggedEvent = (Event, Revision);
+
+fn decode_events(revision: Revision, mut raw: &[u8]) -> Result<Vec<LoggedEvent>, StoreError> {
     let bad = || StoreError::Backend(format!("corrupt change log entry at revision {revision}"));
+    let u64_at = |raw: &[u8], at: usize| -> Result<u64, StoreError> {
+        raw.get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+            .ok_or_else(bad)
+    };
     let mut out = Vec::new();
     while !raw.is_empty() {
-        if raw.len() < 9 {
-            return Err(bad());
-        }
-        let kind = if raw[0] == 0 {
-            EventKind::Put
-        } else {
-            EventKind::Delete
-        };
-        let create_revision = u64::from_le_bytes(raw[1..9].try_into().map_err(|_| bad())?);
+        let kind = raw[0];
+        let create_revision = u64_at(raw, 1)?;
         raw = &raw[9..];
+        let mut prev_rev = 0;
+        if kind == PUT {
+            prev_rev = u64_at(raw, 0)?;
+            raw = &raw[8..];
+        }
         let key = take_chunk(&mut raw).flatten().ok_or_else(bad)?;
         let value = take_chunk(&mut raw).ok_or_else(bad)?;
-        let prev = take_chunk(&mut raw).ok_or_else(bad)?;
-        out.push(Event {
-            revision,
-            kind,
-            key: String::from_utf8(key.to_vec()).map_err(|_| bad())?,
-            value: value.map(Bytes::copy_from_slice),
-            prev: prev.map(Bytes::copy_from_slice),
-            create_revision,
-        });
+        let prev = if kind == PUT {
+            None
+        } else {
+            take_chunk(&mut raw).ok_or_else(bad)?
+        };
+        let kind = match kind {
+            PUT_FULL | PUT => EventKind::Put,
+            DELETE => EventKind::Delete,
+            _ => return Err(bad()),
+        };
+        out.push((
+            Event {
+                revision,
+                kind,
+                key: String::from_utf8(key.to_vec()).map_err(|_| bad())?,
+                value: value.map(Bytes::copy_from_slice),
+                prev: prev.map(Bytes::copy_from_slice),
+                create_revision,
+            },
+            prev_rev,
+        ));
     }
     Ok(out)
+}
+
+/// Fill in the previous values of `PUT` events from the log entries they
+/// point at. A previous value already compacted away stays `None` (readers
+/// treat a modification without a previous value as "unknown before").
+fn resolve_prevs(
+    changes: &redb::ReadOnlyTable<u64, &[u8]>,
+    logged: Vec<LoggedEvent>,
+) -> Result<Vec<Event>, StoreError> {
+    let mut cache: HashMap<Revision, Vec<LoggedEvent>> = HashMap::new();
+    let mut out = Vec::with_capacity(logged.len());
+    for (mut e, prev_rev) in logged {
+        if prev_rev != 0 && e.prev.is_none() {
+            e.prev = lookup_value(changes, &mut cache, prev_rev, &e.key)?;
+        }
+        out.push(e);
+    }
+    Ok(out)
+}
+
+/// The value `key` was given at revision `rev`, from the log.
+fn lookup_value(
+    changes: &redb::ReadOnlyTable<u64, &[u8]>,
+    cache: &mut HashMap<Revision, Vec<LoggedEvent>>,
+    rev: Revision,
+    key: &str,
+) -> Result<Option<Bytes>, StoreError> {
+    if !cache.contains_key(&rev) {
+        let evs = match changes.get(rev).map_err(backend)? {
+            Some(raw) => decode_events(rev, raw.value())?,
+            None => Vec::new(),
+        };
+        if cache.len() > 4096 {
+            cache.clear();
+        }
+        cache.insert(rev, evs);
+    }
+    Ok(cache[&rev]
+        .iter()
+        .find(|(e, _)| e.key == key)
+        .and_then(|(e, _)| e.value.clone()))
 }
 
 impl EmbeddedStore {
@@ -223,15 +303,24 @@ impl EmbeddedStore {
         })
     }
 
+    /// The last revision committed to the file (may be ahead of the
+    /// published `revision` for the moment between commit and broadcast).
+    fn committed_revision(&self) -> Result<Revision, StoreError> {
+        let r = self.db.begin_read().map_err(backend)?;
+        let meta = r.open_table(META).map_err(backend)?;
+        let rev = meta.get("revision").map_err(backend)?.map(|v| v.value());
+        Ok(rev.unwrap_or(0))
+    }
+
     fn read_changes(&self, after: Revision, upto: Revision) -> Result<Vec<Event>, StoreError> {
         let r = self.db.begin_read().map_err(backend)?;
         let t = r.open_table(CHANGES).map_err(backend)?;
-        let mut out = Vec::new();
+        let mut logged = Vec::new();
         for entry in t.range(after + 1..=upto).map_err(backend)? {
             let (k, v) = entry.map_err(backend)?;
-            out.extend(decode_events(k.value(), v.value())?);
+            logged.extend(decode_events(k.value(), v.value())?);
         }
-        Ok(out)
+        resolve_prevs(&t, logged)
     }
 }
 
@@ -279,32 +368,47 @@ impl Store for EmbeddedStore {
                 });
             }
             let changes = r.open_table(CHANGES).map_err(backend)?;
+            let mut lookups = HashMap::new();
             for entry in changes.range(at + 1..=current).map_err(backend)? {
                 let (rev, raw) = entry.map_err(backend)?;
-                for e in decode_events(rev.value(), raw.value())? {
+                for (e, prev_rev) in decode_events(rev.value(), raw.value())? {
                     if !in_range(&e.key) || overlay.contains_key(&e.key) {
                         continue;
                     }
                     // The earliest change after `at` tells the value at `at`: its prev.
-                    let old = match (&e.prev, e.kind) {
-                        (Some(p), _) => {
-                            // The mod revision of the previous value is not kept in the
-                            // log; look it up as the latest earlier change (bounded scan).
-                            Some(KeyValue {
-                                key: e.key.clone(),
-                                value: p.clone(),
-                                mod_revision: 0,
-                                create_revision: e.create_revision,
-                            })
-                        }
-                        (None, _) => None,
+                    let old = if let Some(p) = &e.prev {
+                        // Inline (deletes, older entries): its mod revision is
+                        // found below as the latest earlier change.
+                        Some(KeyValue {
+                            key: e.key.clone(),
+                            value: p.clone(),
+                            mod_revision: 0,
+                            create_revision: e.create_revision,
+                        })
+                    } else if prev_rev != 0 {
+                        let Some(value) = lookup_value(&changes, &mut lookups, prev_rev, &e.key)?
+                        else {
+                            // The value at `at` is older than the retained log.
+                            return Err(StoreError::Compacted {
+                                requested: at,
+                                oldest: compacted,
+                            });
+                        };
+                        Some(KeyValue {
+                            key: e.key.clone(),
+                            value,
+                            mod_revision: prev_rev,
+                            create_revision: e.create_revision,
+                        })
+                    } else {
+                        None
                     };
                     overlay.insert(e.key.clone(), old);
                 }
             }
             // Fill in mod revisions of resurrected values from the log before `at`.
             for (key, kv) in overlay.iter_mut() {
-                if let Some(kv) = kv {
+                if let Some(kv) = kv.as_mut().filter(|kv| kv.mod_revision == 0) {
                     kv.mod_revision = find_mod_revision(&changes, key, at, compacted)?;
                 }
             }
@@ -406,7 +510,15 @@ impl Store for EmbeddedStore {
                 oldest,
             });
         }
-        let current = self.revision.load(Ordering::Acquire);
+        // The committed revision, not the published one: a list that read a
+        // commit whose events are not broadcast yet returns that revision,
+        // and a watch from it must not be refused. Those events reach this
+        // watcher from the log here; their broadcast, which comes later, is
+        // filtered out as already seen.
+        let current = self
+            .revision
+            .load(Ordering::Acquire)
+            .max(self.committed_revision()?);
         if after > current {
             return Err(StoreError::FutureRevision(after));
         }
@@ -489,14 +601,14 @@ impl Store for EmbeddedStore {
 fn read_log(db: &Database, after: Revision) -> Result<(Vec<Event>, Revision), StoreError> {
     let r = db.begin_read().map_err(backend)?;
     let t = r.open_table(CHANGES).map_err(backend)?;
-    let mut out = Vec::new();
+    let mut logged = Vec::new();
     let mut top = after;
     for entry in t.range(after + 1..).map_err(backend)? {
         let (k, v) = entry.map_err(backend)?;
         top = k.value();
-        out.extend(decode_events(k.value(), v.value())?);
+        logged.extend(decode_events(k.value(), v.value())?);
     }
-    Ok((out, top))
+    Ok((resolve_prevs(&t, logged)?, top))
 }
 
 /// The revision of the last change to `key` at or before `at`.
@@ -510,7 +622,7 @@ fn find_mod_revision(
         let (rev, raw) = entry.map_err(backend)?;
         if decode_events(rev.value(), raw.value())?
             .iter()
-            .any(|e| e.key == key)
+            .any(|(e, _)| e.key == key)
         {
             return Ok(rev.value());
         }
@@ -569,10 +681,10 @@ impl Writer {
                 let mut changes = w.open_table(CHANGES).map_err(backend)?;
                 for req in batch {
                     match apply_ops(&mut objects, &req.ops, rev + 1) {
-                        Ok((res, events)) => {
+                        Ok((res, events, prev_revs)) => {
                             rev += 1;
                             changes
-                                .insert(rev, encode_events(&events).as_slice())
+                                .insert(rev, encode_events(&events, &prev_revs).as_slice())
                                 .map_err(backend)?;
                             all_events.extend(events);
                             outcomes.push((req.reply, Ok(res)));
@@ -623,7 +735,7 @@ fn apply_ops(
     objects: &mut redb::Table<&str, &[u8]>,
     ops: &[Op],
     rev: Revision,
-) -> Result<(TxnResult, Vec<Event>), StoreError> {
+) -> Result<(TxnResult, Vec<Event>, Vec<Revision>), StoreError> {
     // Check every precondition first so a failed transaction writes nothing.
     let mut currents = Vec::with_capacity(ops.len());
     for op in ops {
@@ -651,6 +763,7 @@ fn apply_ops(
         currents.push(cur);
     }
     let mut events = Vec::with_capacity(ops.len());
+    let mut prev_revs = Vec::with_capacity(ops.len());
     let mut create_revisions = Vec::with_capacity(ops.len());
     for (op, cur) in ops.iter().zip(currents.iter()) {
         match op {
@@ -660,6 +773,7 @@ fn apply_ops(
                     .insert(key.as_str(), encode_object(rev, create, value).as_slice())
                     .map_err(backend)?;
                 create_revisions.push(create);
+                prev_revs.push(cur.as_ref().map(|c| c.mod_revision).unwrap_or(0));
                 events.push(Event {
                     revision: rev,
                     kind: EventKind::Put,
@@ -673,6 +787,7 @@ fn apply_ops(
                 objects.remove(key.as_str()).map_err(backend)?;
                 create_revisions.push(0);
                 if let Some(c) = cur {
+                    prev_revs.push(c.mod_revision);
                     events.push(Event {
                         revision: rev,
                         kind: EventKind::Delete,
@@ -692,6 +807,7 @@ fn apply_ops(
             prev: currents,
         },
         events,
+        prev_revs,
     ))
 }
 
@@ -791,6 +907,63 @@ mod tests {
         let keys: Vec<_> = page.items.iter().map(|k| k.key.as_str()).collect();
         assert_eq!(keys, ["p/2", "p/3"]);
         assert!(page.more);
+    }
+
+    #[tokio::test]
+    async fn previous_values_come_back_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = open(&dir, 1000);
+            s.txn(vec![put("p/a", "v1", Precondition::None)])
+                .await
+                .unwrap(); // 1
+            s.txn(vec![put("p/a", "v2", Precondition::None)])
+                .await
+                .unwrap(); // 2
+            s.txn(vec![put("p/b", "b1", Precondition::None)])
+                .await
+                .unwrap(); // 3
+            s.txn(vec![Op::Delete {
+                key: "p/b".into(),
+                precondition: Precondition::None,
+            }])
+            .await
+            .unwrap(); // 4
+            s.txn(vec![put("p/a", "v3", Precondition::None)])
+                .await
+                .unwrap(); // 5
+        }
+        // Reopened: nothing is in memory, everything comes from the log.
+        let s = open(&dir, 1000);
+        let mut w = s.watch("p/", 1).unwrap();
+        let evs = w.next().await.unwrap().unwrap();
+        let seen: Vec<_> = evs
+            .iter()
+            .map(|e| {
+                let text = |b: &Option<Bytes>| {
+                    b.as_deref().map(|b| String::from_utf8(b.to_vec()).unwrap())
+                };
+                (e.revision, e.key.clone(), text(&e.value), text(&e.prev))
+            })
+            .collect();
+        let s2 = |x: &str| Some(x.to_string());
+        assert_eq!(
+            seen,
+            [
+                (2, "p/a".into(), s2("v2"), s2("v1")),
+                (3, "p/b".into(), s2("b1"), None),
+                (4, "p/b".into(), None, s2("b1")),
+                (5, "p/a".into(), s2("v3"), s2("v2")),
+            ]
+        );
+        // A list at revision 3 rebuilds p/a = v2 with its exact mod revision.
+        let l = s.list("p/", None, 0, Some(3)).unwrap();
+        let items: Vec<_> = l
+            .items
+            .iter()
+            .map(|kv| (kv.key.as_str(), &kv.value[..], kv.mod_revision))
+            .collect();
+        assert_eq!(items, [("p/a", &b"v2"[..], 2), ("p/b", &b"b1"[..], 3)]);
     }
 
     #[tokio::test]
