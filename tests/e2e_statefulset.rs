@@ -532,26 +532,13 @@ async fn parallel_starts_all_while_ordered_ready_waits() {
     let sets: Api<StatefulSet> = Api::namespaced(client.clone(), NS);
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
 
-    // Parallel: all three run although none ever becomes Ready. (No claim
-    // templates here: see the report on concurrent WaitForFirstConsumer binds.)
+    // Parallel: all three run although none ever becomes Ready, each with
+    // its own WaitForFirstConsumer claim bound at the same time.
     let par = with_image(
-        web(
-            3,
-            json!({"podManagementPolicy": "Parallel", "volumeClaimTemplates": []}),
-        ),
+        web(3, json!({"podManagementPolicy": "Parallel"})),
         "par",
         sim::IMAGE_UNREADY,
     );
-    let mut par = par;
-    par.spec
-        .as_mut()
-        .unwrap()
-        .template
-        .spec
-        .as_mut()
-        .unwrap()
-        .containers[0]
-        .volume_mounts = None;
     sets.create(&PostParams::default(), &par).await.unwrap();
     let up = sim::watch_until(
         &pods,
@@ -562,6 +549,13 @@ async fn parallel_starts_all_while_ordered_ready_waits() {
     )
     .await;
     assert!(up.values().all(|p| !ready(p)));
+    // Running means bound to a node, which waited for each pod's claim.
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), NS);
+    for i in 0..3 {
+        let c = pvcs.get(&format!("www-par-{i}")).await.unwrap();
+        let phase = c.status.and_then(|s| s.phase).unwrap_or_default();
+        assert_eq!(phase, "Bound", "claim www-par-{i}");
+    }
 
     // OrderedReady: with ord-0 running but not Ready, nothing else is made.
     let ord = with_image(web(3, json!({})), "ord", sim::IMAGE_UNREADY);

@@ -788,3 +788,102 @@ async fn static_volumes_unsatisfiable_claims_and_kubectl_columns() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn statefulset_members_keep_their_claims_and_data_with_real_containers() {
+    require_runc!();
+    let cluster = Cluster::start("e2e-storage-sts");
+    let client = cluster.server.client().await;
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let volumes: Api<PersistentVolume> = Api::all(client.clone());
+    let sets: Api<k8s_openapi::api::apps::v1::StatefulSet> =
+        Api::namespaced(client.clone(), "default");
+
+    // Each member appends what it finds on its volume when it starts, then
+    // records its own name there the first time.
+    let script = "echo start-$(cat /data/id 2>/dev/null || echo none) >> /data/log; \
+                  test -f /data/id || hostname > /data/id; exec sleep 3600";
+    let set: k8s_openapi::api::apps::v1::StatefulSet = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 3,
+            "serviceName": "web",
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [{"name": "c", "image": "busybox",
+                        "command": ["sh", "-c", script],
+                        "volumeMounts": [{"name": "www", "mountPath": "/data"}]}]}},
+            "volumeClaimTemplates": [{"metadata": {"name": "www"}, "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "16Mi"}}}}]}}))
+    .unwrap();
+    sets.create(&PostParams::default(), &set).await.unwrap();
+    for i in 0..3 {
+        wait_phase(&pods, &format!("web-{i}"), "Running").await;
+    }
+    let dir_of = |pv: PersistentVolume| host_path(&pv);
+    let pv1 = bound_volume(&claims, "www-web-1").await;
+    let dir1 = dir_of(volumes.get(&pv1).await.unwrap());
+    let read = |p: PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+    eventually(30, "web-1 wrote its id", || async {
+        let id = read(dir1.join("id"));
+        (id.trim() == "web-1").then_some(()).ok_or(id)
+    })
+    .await;
+
+    // Deleting web-1 brings back web-1 on the same claim, and it sees the
+    // data the first one wrote.
+    let old_uid = pods.get("web-1").await.unwrap().metadata.uid.unwrap();
+    pods.delete("web-1", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(90, "a new web-1 Running", || async {
+        let p = pods.get_opt("web-1").await.map_err(|e| e.to_string())?;
+        let p = p.ok_or("no web-1")?;
+        let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+        (p.metadata.uid.as_deref() != Some(old_uid.as_str()) && running)
+            .then_some(())
+            .ok_or_else(|| format!("{:?}", p.status.map(|s| s.phase)))
+    })
+    .await;
+    let p = pods.get("web-1").await.unwrap();
+    let vol = p.spec.unwrap().volumes.unwrap_or_default();
+    assert!(
+        vol.iter().any(|v| v
+            .persistent_volume_claim
+            .as_ref()
+            .is_some_and(|c| c.claim_name == "www-web-1")),
+        "{vol:?}"
+    );
+    assert_eq!(bound_volume(&claims, "www-web-1").await, pv1);
+    eventually(30, "the new web-1 saw the old data", || async {
+        let log = read(dir1.join("log"));
+        (log.lines().collect::<Vec<_>>() == ["start-none", "start-web-1"])
+            .then_some(())
+            .ok_or(log)
+    })
+    .await;
+
+    // Scaling down removes the highest ordinals and keeps their claims.
+    sets.patch(
+        "web",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"spec": {"replicas": 1}})),
+    )
+    .await
+    .unwrap();
+    wait_gone(&pods, "web-2", 60).await;
+    wait_gone(&pods, "web-1", 60).await;
+    assert!(pods.get_opt("web-0").await.unwrap().is_some());
+    for i in 0..3 {
+        bound_volume(&claims, &format!("www-web-{i}")).await;
+    }
+    assert_eq!(read(dir1.join("id")).trim(), "web-1");
+
+    sets.delete("web", &DeleteParams::default()).await.unwrap();
+    wait_gone(&pods, "web-0", 60).await;
+}
