@@ -116,52 +116,6 @@ fn kill(child: &mut Child, sig: &str) {
     let _ = child.wait();
 }
 
-/// Remove what an agent left on the machine: its runc containers, sandbox
-/// processes (by recorded pid and start time), rootfs mounts and pod cgroups.
-fn clean_node(agent_dir: &Path) {
-    let runc_root = agent_dir.join("runc");
-    if let Ok(rd) = std::fs::read_dir(&runc_root) {
-        for e in rd.flatten() {
-            let _ = Command::new("runc")
-                .arg("--root")
-                .arg(&runc_root)
-                .args(["delete", "--force"])
-                .arg(e.file_name())
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-    let pods = agent_dir.join("pods");
-    for uid in std::fs::read_dir(&pods).into_iter().flatten().flatten() {
-        let rec: Value = std::fs::read(uid.path().join("pod.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or(Value::Null);
-        if let (Some(pid), Some(start)) = (
-            rec["sandbox"]["pid"].as_i64(),
-            rec["sandbox"]["startTime"].as_u64(),
-        ) {
-            if shoal_agent::runtime::pause::process_start_time(pid as i32) == Some(start) {
-                let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-            }
-        }
-        for c in std::fs::read_dir(uid.path().join("containers"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(c.path().join("rootfs"))
-                .stderr(Stdio::null())
-                .status();
-        }
-        if let Some(name) = uid.file_name().to_str() {
-            shoal_agent::runtime::cgroups::remove(&format!("/shoal/pod{name}"));
-        }
-    }
-}
-
 /// A server and an agent for one node.
 struct Cluster {
     server: Server,
@@ -246,7 +200,7 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.kill_agent();
-        clean_node(&self.agent_dir());
+        common::clean_node(&self.agent_dir());
     }
 }
 
@@ -790,7 +744,7 @@ async fn shoal_up_runs_pods_from_an_imported_image() {
     };
     let result = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run)).await;
     kill(&mut up, "TERM");
-    clean_node(&data.join("agent"));
+    common::clean_node(&data.join("agent"));
     let p = result.unwrap_or_else(|e| std::panic::resume_unwind(e));
     assert_eq!(
         p.spec.as_ref().unwrap().node_name.as_deref(),

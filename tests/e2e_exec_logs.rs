@@ -162,56 +162,6 @@ fn build_images(dir: &Path) -> PathBuf {
     images
 }
 
-/// Remove what an agent left: runc containers, sandboxes, rootfs mounts, pod cgroups.
-fn clean_node(agent_dir: &Path) {
-    let runc_root = agent_dir.join("runc");
-    for e in std::fs::read_dir(&runc_root)
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let _ = Command::new("runc")
-            .arg("--root")
-            .arg(&runc_root)
-            .args(["delete", "--force"])
-            .arg(e.file_name())
-            .stderr(Stdio::null())
-            .status();
-    }
-    for uid in std::fs::read_dir(agent_dir.join("pods"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let rec: Value = std::fs::read(uid.path().join("pod.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or(Value::Null);
-        if let (Some(pid), Some(start)) = (
-            rec["sandbox"]["pid"].as_i64(),
-            rec["sandbox"]["startTime"].as_u64(),
-        ) {
-            if shoal_agent::runtime::pause::process_start_time(pid as i32) == Some(start) {
-                let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-            }
-        }
-        for c in std::fs::read_dir(uid.path().join("containers"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(c.path().join("rootfs"))
-                .stderr(Stdio::null())
-                .status();
-        }
-        if let Some(name) = uid.file_name().to_str() {
-            shoal_agent::runtime::cgroups::remove(&format!("/shoal/pod{name}"));
-        }
-    }
-}
-
 /// A server and one agent (its API on a free port), in the test's namespace.
 struct Cluster {
     server: Server,
@@ -304,7 +254,7 @@ impl Drop for Cluster {
             .args(["-KILL", &self.agent.id().to_string()])
             .status();
         let _ = self.agent.wait();
-        clean_node(&self.tmp.path().join("agent"));
+        common::clean_node(&self.tmp.path().join("agent"));
     }
 }
 

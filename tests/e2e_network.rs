@@ -206,57 +206,6 @@ fn wait_ready(child: &mut Child, what: &str) {
         .unwrap_or_else(|_| panic!("{what} printed no ready line"));
 }
 
-/// Remove what an agent left on the machine: its runc containers, sandbox
-/// processes (by recorded pid and start time), rootfs mounts and pod cgroups.
-fn clean_node(agent_dir: &Path) {
-    let runc_root = agent_dir.join("runc");
-    for e in std::fs::read_dir(&runc_root)
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let _ = Command::new("runc")
-            .arg("--root")
-            .arg(&runc_root)
-            .args(["delete", "--force"])
-            .arg(e.file_name())
-            .stderr(Stdio::null())
-            .status();
-    }
-    for pod in std::fs::read_dir(agent_dir.join("pods"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let rec: Value = std::fs::read(pod.path().join("pod.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or(Value::Null);
-        if let (Some(pid), Some(start)) = (
-            rec["sandbox"]["pid"].as_i64(),
-            rec["sandbox"]["startTime"].as_u64(),
-        ) {
-            if shoal_agent::runtime::pause::process_start_time(pid as i32) == Some(start) {
-                let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-            }
-        }
-        for c in std::fs::read_dir(pod.path().join("containers"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(c.path().join("rootfs"))
-                .stderr(Stdio::null())
-                .status();
-        }
-        if let Some(uid) = pod.file_name().to_str() {
-            shoal_agent::runtime::cgroups::remove(&format!("/shoal/pod{uid}"));
-        }
-    }
-}
-
 /// The agents: killed and cleaned up on drop (before the namespaces go).
 struct Agents {
     procs: Vec<Option<Proc>>,
@@ -269,7 +218,7 @@ impl Drop for Agents {
             p.kill9();
         }
         for d in &self.dirs {
-            clean_node(d);
+            common::clean_node(d);
         }
     }
 }

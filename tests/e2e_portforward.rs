@@ -14,7 +14,7 @@ use common::Server;
 use futures::{SinkExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -173,52 +173,7 @@ impl Drop for Cluster {
         self.agent.take();
         // Remove the pod's containers and sandbox the agent left running.
         let agent_dir = self.tmp.path().join("agent");
-        let runc_root = agent_dir.join("runc");
-        for e in std::fs::read_dir(&runc_root)
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let _ = Command::new("runc")
-                .arg("--root")
-                .arg(&runc_root)
-                .args(["delete", "--force"])
-                .arg(e.file_name())
-                .stderr(Stdio::null())
-                .status();
-        }
-        for pod in std::fs::read_dir(agent_dir.join("pods"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let rec: Value = std::fs::read(pod.path().join("pod.json"))
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .unwrap_or(Value::Null);
-            if let (Some(pid), Some(start)) = (
-                rec["sandbox"]["pid"].as_i64(),
-                rec["sandbox"]["startTime"].as_u64(),
-            ) {
-                if shoal_agent::runtime::pause::process_start_time(pid as i32) == Some(start) {
-                    let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-                }
-            }
-            for c in std::fs::read_dir(pod.path().join("containers"))
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let _ = Command::new("umount")
-                    .arg("-l")
-                    .arg(c.path().join("rootfs"))
-                    .stderr(Stdio::null())
-                    .status();
-            }
-            if let Some(uid) = pod.file_name().to_str() {
-                shoal_agent::runtime::cgroups::remove(&format!("/shoal/pod{uid}"));
-            }
-        }
+        common::clean_node(&agent_dir);
     }
 }
 
