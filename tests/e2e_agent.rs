@@ -37,24 +37,9 @@ fn unsupported() -> Option<String> {
         return Some("runc is not installed (apt-get install runc)".into());
     }
     match std::fs::read("/bin/busybox") {
-        Ok(b) if !has_interpreter(&b) => None,
+        Ok(b) if !common::has_interpreter(&b) => None,
         _ => Some("a static /bin/busybox is missing (apt-get install busybox-static)".into()),
     }
-}
-
-/// Whether a 64-bit ELF file names a program interpreter (is dynamically
-/// linked): such a busybox cannot run in an image holding nothing but itself.
-fn has_interpreter(elf: &[u8]) -> bool {
-    let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
-    if elf.len() < 64 || &elf[..4] != b"\x7fELF" {
-        return true;
-    }
-    let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().unwrap()) as usize;
-    let (size, count) = (u16_at(0x36), u16_at(0x38));
-    (0..count).any(|i| {
-        let o = phoff + i * size;
-        elf.get(o..o + 4) == Some(&3u32.to_le_bytes()[..]) // PT_INTERP
-    })
 }
 
 macro_rules! require_runc {

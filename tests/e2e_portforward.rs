@@ -51,43 +51,9 @@ fn unsupported() -> Option<String> {
         return Some("kubectl is not installed".into());
     }
     match std::fs::read("/bin/busybox") {
-        Ok(b) if is_static(&b) => None,
+        Ok(b) if !common::has_interpreter(&b) => None,
         _ => Some("a static /bin/busybox is missing (apt-get install busybox-static)".into()),
     }
-}
-
-/// Whether a 64-bit ELF file has no program interpreter (PT_INTERP).
-fn is_static(elf: &[u8]) -> bool {
-    if elf.len() < 64 || &elf[..4] != b"\x7fELF" {
-        return false;
-    }
-    let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
-    let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().unwrap()) as usize;
-    let (size, count) = (u16_at(0x36), u16_at(0x38));
-    !(0..count).any(|i| {
-        let o = phoff + i * size;
-        elf.get(o..o + 4) == Some(&3u32.to_le_bytes()[..])
-    })
-}
-
-/// `--image-dir` content: `busybox` made of /bin/busybox and its applets.
-fn build_images(dir: &Path) -> PathBuf {
-    let images = dir.join("images");
-    let root = images.join("busybox/rootfs");
-    for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "root"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if applet != "busybox" {
-            let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
-        }
-    }
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-    std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
-    std::fs::write(images.join("busybox/config.json"), r#"{"cmd": ["sh"]}"#).unwrap();
-    images
 }
 
 /// A child process killed (by its pid) when dropped.
@@ -111,7 +77,7 @@ impl Cluster {
     fn start(node: &str) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
         let server = Server::start(&tmp.path().join("server"));
-        let images = build_images(tmp.path());
+        let images = common::build_images(tmp.path(), &[]);
         let out = Command::new(SHOAL)
             .args(["kubeconfig", "node", node, "--data-dir"])
             .arg(&server.data_dir)

@@ -17,7 +17,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -41,23 +41,9 @@ fn unsupported() -> Option<String> {
         return Some("runc is not installed (apt-get install runc)".into());
     }
     match std::fs::read("/bin/busybox") {
-        Ok(b) if !has_interpreter(&b) => None,
+        Ok(b) if !common::has_interpreter(&b) => None,
         _ => Some("a static /bin/busybox is missing (apt-get install busybox-static)".into()),
     }
-}
-
-/// Whether a 64-bit ELF file names a program interpreter (is dynamically linked).
-fn has_interpreter(elf: &[u8]) -> bool {
-    let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
-    if elf.len() < 64 || &elf[..4] != b"\x7fELF" {
-        return true;
-    }
-    let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().unwrap()) as usize;
-    let (size, count) = (u16_at(0x36), u16_at(0x38));
-    (0..count).any(|i| {
-        let o = phoff + i * size;
-        elf.get(o..o + 4) == Some(&3u32.to_le_bytes()[..]) // PT_INTERP
-    })
 }
 
 macro_rules! require_runc {
@@ -67,26 +53,6 @@ macro_rules! require_runc {
             return;
         }
     };
-}
-
-/// An image directory for `--image-dir` with `busybox` built from /bin/busybox.
-fn build_images(dir: &Path) -> PathBuf {
-    let images = dir.join("images");
-    let root = images.join("busybox/rootfs");
-    for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "root", "www"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if applet != "busybox" {
-            let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
-        }
-    }
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-    std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
-    std::fs::write(images.join("busybox/config.json"), r#"{"cmd": ["sh"]}"#).unwrap();
-    images
 }
 
 /// A server and one agent; everything is removed on drop, even on failure.
@@ -100,7 +66,7 @@ impl Cluster {
     fn start(node: &str) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
         let server = Server::start(&tmp.path().join("server"));
-        let images = build_images(tmp.path());
+        let images = common::build_images(tmp.path(), &["www"]);
         let out = Command::new(SHOAL)
             .args(["kubeconfig", "node", node, "--data-dir"])
             .arg(&server.data_dir)
