@@ -40,13 +40,8 @@ use std::time::Duration;
 /// Pod subresources this module serves.
 pub const POD_SUBRESOURCES: &[&str] = &["log", "exec"];
 
-/// Serve `pods/<sub>` for the pod named in `t`.
-pub async fn pod_subresource(
-    state: &AppState,
-    t: &Target,
-    sub: &str,
-    req: Request<Body>,
-) -> ApiResult<Response> {
+/// The pod named in `t`, with its namespace and name; 404 when it is gone.
+fn stored_pod(state: &AppState, t: &Target) -> ApiResult<(String, String, Value)> {
     let ns = t.namespace.clone().unwrap_or_default();
     let name = t.name.clone().unwrap_or_default();
     let kv = state
@@ -58,6 +53,17 @@ pub async fn pod_subresource(
             name: name.clone(),
         })?;
     let pod = object::from_store(&kv)?;
+    Ok((ns, name, pod))
+}
+
+/// Serve `pods/<sub>` for the pod named in `t`.
+pub async fn pod_subresource(
+    state: &AppState,
+    t: &Target,
+    sub: &str,
+    req: Request<Body>,
+) -> ApiResult<Response> {
+    let (ns, name, pod) = stored_pod(state, t)?;
     let query: Vec<(String, String)> =
         form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
             .into_owned()
@@ -274,17 +280,7 @@ pub async fn pod_port_forward(
     t: &Target,
     req: Request<Body>,
 ) -> ApiResult<Response> {
-    let ns = t.namespace.clone().unwrap_or_default();
-    let name = t.name.clone().unwrap_or_default();
-    let kv = state
-        .store
-        .get(&t.info.key(Some(&ns), &name))?
-        .ok_or_else(|| ApiError::NotFound {
-            group: String::new(),
-            resource: "pods".into(),
-            name: name.clone(),
-        })?;
-    let pod = object::from_store(&kv)?;
+    let (ns, name, pod) = stored_pod(state, t)?;
     let node = pod["spec"]["nodeName"].as_str().unwrap_or("");
     if node.is_empty() {
         return Err(ApiError::BadRequest(format!(

@@ -980,35 +980,11 @@ pub fn validate_update(info: &ResourceInfo, old: &Value, new: &Value) -> Vec<Cau
 
 // ---- Storage: PersistentVolume, PersistentVolumeClaim, StorageClass ----
 
-/// Parse a resource quantity ("10Gi", "500M", "1e3") to its value in units.
+/// Parse a resource quantity ("10Gi", "500M", "1e3") to its value in units
+/// (apimachinery's grammar, from the scheduler's `quantity` module).
 pub fn parse_quantity(q: &str) -> Option<f64> {
-    let q = q.trim();
-    let split = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
-        .unwrap_or(q.len());
-    let (num, suffix) = q.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let mult = match suffix {
-        "" => 1.0,
-        "n" => 1e-9,
-        "u" => 1e-6,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        "Ki" => 1024.0,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        s if s.starts_with(['e', 'E']) => 10f64.powi(s[1..].parse().ok()?),
-        _ => return None,
-    };
-    Some(n * mult)
+    let q = scheduler_core::quantity::parse(q.trim()).ok()?;
+    Some(q.nanos() as f64 / 1e9)
 }
 
 const ACCESS_MODES: &[&str] = &[
