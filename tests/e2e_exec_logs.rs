@@ -315,7 +315,10 @@ echo late-line; exec sleep 3600"#;
         });
         let mut seen = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !seen.iter().any(|l: &String| l == "attempt 2") {
+        // Wait for the stderr line too before the go-ahead: stdout and stderr
+        // are captured from two pipes, so their order in the log is only
+        // fixed once the earlier line is already in it.
+        while !seen.iter().any(|l: &String| l == "to stderr 2") {
             let left = deadline.saturating_duration_since(Instant::now());
             seen.push(rx.recv_timeout(left).unwrap_or_else(|_| {
                 panic!("kubectl logs -f did not show the running attempt; saw {seen:?}")
