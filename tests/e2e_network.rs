@@ -19,12 +19,9 @@
 
 mod common;
 
+use common::lab::{has_flag, pod_ips, run, unsupported, wait_ready, Agents, Cluster, Lab, Proc};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
 const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
 const NODES: [&str; 3] = ["node-1", "node-2", "node-3"];
@@ -37,277 +34,6 @@ fn node_v4(i: usize) -> String {
 
 fn node_v6(i: usize) -> String {
     format!("fd99:250::{}", 11 + i)
-}
-
-/// Why this test cannot run here, if it cannot.
-fn unsupported() -> Option<String> {
-    if std::fs::metadata("/proc/self")
-        .map(|m| m.uid())
-        .unwrap_or(1)
-        != 0
-    {
-        return Some("not running as root".into());
-    }
-    for (tool, arg) in [
-        ("runc", "--version"),
-        ("nsenter", "--version"),
-        ("ip", "-V"),
-    ] {
-        let ok = Command::new(tool)
-            .arg(arg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            return Some(format!("{tool} is not installed"));
-        }
-    }
-    if !Path::new("/bin/busybox").exists() {
-        return Some("/bin/busybox is missing (apt-get install busybox-static)".into());
-    }
-    None
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// The test's network namespaces: a switch and one per host. Dropping it
-/// deletes them, and with them every link, address and route inside.
-struct Lab {
-    tag: String,
-    made: Vec<String>,
-}
-
-impl Lab {
-    fn new() -> Lab {
-        let mut lab = Lab {
-            tag: format!("shoalnet{}", std::process::id()),
-            made: Vec::new(),
-        };
-        let sw = lab.add_ns("sw");
-        run(Command::new("ip").args(["-n", &sw, "link", "add", "br0", "type", "bridge"]));
-        run(Command::new("ip").args(["-n", &sw, "link", "set", "br0", "up"]));
-        lab
-    }
-
-    fn ns(&self, host: &str) -> String {
-        format!("{}-{host}", self.tag)
-    }
-
-    fn add_ns(&mut self, host: &str) -> String {
-        let name = self.ns(host);
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &name])
-            .stderr(Stdio::null())
-            .status();
-        run(Command::new("ip").args(["netns", "add", &name]));
-        self.made.push(name.clone());
-        run(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]));
-        name
-    }
-
-    /// A host namespace with `eth0` on the switch, addressed `v4`/24 and
-    /// `v6`/64 (without duplicate address detection, so usable at once).
-    fn add_host(&mut self, host: &str, v4: &str, v6: &str) {
-        let ns = self.add_ns(host);
-        let sw = self.ns("sw");
-        let port = format!("p-{host}");
-        // Both ends are created inside the test's namespaces, never in the machine's.
-        run(Command::new("ip").args([
-            "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-        ]));
-        run(Command::new("ip").args(["-n", &sw, "link", "set", &port, "master", "br0", "up"]));
-        run(Command::new("ip").args([
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{v4}/24"),
-            "dev",
-            "eth0",
-        ]));
-        run(Command::new("ip").args([
-            "-n",
-            &ns,
-            "-6",
-            "addr",
-            "add",
-            &format!("{v6}/64"),
-            "dev",
-            "eth0",
-            "nodad",
-        ]));
-        run(Command::new("ip").args(["-n", &ns, "link", "set", "eth0", "up"]));
-    }
-
-    /// A command run inside `host`'s network namespace.
-    fn cmd(&self, host: &str, program: &str) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", self.ns(host)))
-            .arg("--")
-            .arg(program);
-        c
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for ns in self.made.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "delete", ns]).status();
-        }
-    }
-}
-
-/// A child process killed (by PID) on drop.
-struct Proc(Child);
-
-impl Proc {
-    fn kill9(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-9")
-            .arg(self.0.id().to_string())
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            self.kill9();
-        }
-    }
-}
-
-/// Wait for a line containing `ready` on a child's stdout.
-fn wait_ready(child: &mut Child, what: &str) {
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut r = BufReader::new(stdout);
-        let mut line = String::new();
-        while r.read_line(&mut line).unwrap_or(0) > 0 {
-            if line.contains("ready") {
-                let _ = tx.send(());
-            }
-            line.clear();
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(90))
-        .unwrap_or_else(|_| panic!("{what} printed no ready line"));
-}
-
-/// The agents: killed and cleaned up on drop (before the namespaces go).
-struct Agents {
-    procs: Vec<Option<Proc>>,
-    dirs: Vec<PathBuf>,
-}
-
-impl Drop for Agents {
-    fn drop(&mut self) {
-        for p in self.procs.iter_mut().flatten() {
-            p.kill9();
-        }
-        for d in &self.dirs {
-            common::clean_node(d);
-        }
-    }
-}
-
-struct Cluster {
-    lab: Lab,
-    kubeconfig: PathBuf,
-}
-
-impl Cluster {
-    /// kubectl (the real one) against the server, from the server's namespace.
-    fn kubectl(&self, args: &[&str]) -> Output {
-        let mut c = self.lab.cmd("server", "kubectl");
-        c.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
-        c.output().expect("kubectl runs")
-    }
-
-    fn kubectl_ok(&self, args: &[&str]) -> String {
-        let out = self.kubectl(args);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn apply(&self, obj: &Value) {
-        let mut c = self.lab.cmd("server", "kubectl");
-        c.arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(["apply", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = c.spawn().unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(obj.to_string().as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "kubectl apply: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// Every node's addresses and routes, for failure messages.
-    fn net_state(&self) -> String {
-        let mut out = String::new();
-        for n in NODES {
-            for args in [&["-br", "addr"][..], &["-4", "route"], &["-6", "route"]] {
-                if let Ok(o) = self.lab.cmd(n, "ip").args(args).output() {
-                    out.push_str(&format!(
-                        "--- {n}: ip {args:?}\n{}",
-                        String::from_utf8_lossy(&o.stdout)
-                    ));
-                }
-            }
-        }
-        out
-    }
-
-    fn get(&self, kind: &str, name: &str) -> Value {
-        serde_json::from_str(&self.kubectl_ok(&["get", kind, name, "-o", "json"])).unwrap()
-    }
-
-    /// `kubectl wait` (a watch) for `cond` on `what`, with a timeout; the
-    /// object's YAML in the panic message if it does not come.
-    fn wait(&self, what: &str, cond: &str, secs: u32) {
-        let out = self.kubectl(&[
-            "wait",
-            what,
-            &format!("--for={cond}"),
-            &format!("--timeout={secs}s"),
-        ]);
-        if !out.status.success() {
-            let state = self.kubectl(&["get", what, "-o", "yaml"]);
-            panic!(
-                "{what}: {cond} not reached in {secs}s: {}\n{}",
-                String::from_utf8_lossy(&out.stderr),
-                String::from_utf8_lossy(&state.stdout)
-            );
-        }
-    }
 }
 
 fn pod(name: &str, node: &str, script: &str, restart: &str) -> Value {
@@ -325,16 +51,6 @@ fn pod(name: &str, node: &str, script: &str, restart: &str) -> Value {
             }]
         }
     })
-}
-
-/// A pod's `status.podIPs`.
-fn pod_ips(p: &Value) -> Vec<String> {
-    p["status"]["podIPs"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no podIPs: {}", p["status"]))
-        .iter()
-        .map(|x| x["ip"].as_str().unwrap().to_string())
-        .collect()
 }
 
 /// A pod on node `i` that pings every other node's web pod over IPv4 and
@@ -391,21 +107,14 @@ fn check_client(cluster: &Cluster, name: &str, i: usize) -> Vec<String> {
     pod_ips(&p)
 }
 
-fn has_flag(sub: &str, flag: &str) -> bool {
-    Command::new(SHOAL)
-        .args([sub, "--help"])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(flag))
-}
-
 #[test]
 fn pods_on_different_nodes_reach_each_other_over_ipv4_and_ipv6() {
-    if let Some(why) = unsupported() {
+    if let Some(why) = unsupported(&[]) {
         eprintln!("skipping: {why}");
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let mut lab = Lab::new();
+    let mut lab = Lab::new("shoalnet");
     lab.add_host("server", SERVER_V4, SERVER_V6);
     for (i, n) in NODES.iter().enumerate() {
         lab.add_host(n, &node_v4(i), &node_v6(i));

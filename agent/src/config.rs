@@ -52,6 +52,10 @@ pub struct AgentConfig {
     pub extra_node_ips: Vec<IpAddr>,
     /// How often resource usage is pushed to the host (`metrics.k8s.io`).
     pub metrics_interval: Duration,
+    /// Service proxy (with the bridge pod network only).
+    pub proxy: crate::proxy::ProxyMode,
+    /// Cluster DNS: domain, upstreams, extra listen address.
+    pub dns: crate::dns::DnsConfig,
 }
 
 impl AgentConfig {
@@ -87,6 +91,8 @@ impl AgentConfig {
             bridge_name: "shoal0".into(),
             extra_node_ips: Vec::new(),
             metrics_interval: Duration::from_secs(15),
+            proxy: crate::proxy::ProxyMode::Nftables,
+            dns: crate::dns::DnsConfig::default(),
         })
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod dev_images;
+pub mod dns;
 pub mod image;
 pub mod lease;
 pub mod logs;
@@ -16,6 +17,7 @@ pub mod net;
 pub mod netns;
 pub mod node;
 pub mod pods;
+pub mod proxy;
 pub mod runtime;
 pub mod server;
 pub mod stats;
@@ -53,6 +55,12 @@ pub enum AgentError {
     /// Local filesystem.
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
+    /// Cluster DNS could not start.
+    #[error(transparent)]
+    Dns(#[from] dns::server::DnsError),
+    /// The service proxy could not start.
+    #[error("service proxy: {0}")]
+    Proxy(#[from] proxy::ProxyError),
 }
 
 /// What a started agent tells its caller.
@@ -178,7 +186,18 @@ pub async fn run(
         cfg.metrics_interval,
     ));
     let (network, net_task) = net::start(&cfg, client.clone())?;
+    // The service proxy runs with the bridge pod network only: with `none`
+    // the agent leaves the machine's networking (and nftables) alone.
+    let proxy = match cfg.pod_network {
+        net::PodNetworkMode::Bridge => proxy::start(cfg.proxy, client.clone(), &cfg.node_name)?,
+        net::PodNetworkMode::None => None,
+    };
+    // Cluster DNS: on the pod gateways with the bridge network, and on
+    // `--dns-listen` if given.
+    cfg.dns.on_gateways = cfg.pod_network == net::PodNetworkMode::Bridge;
+    let (pod_dns, dns_task) = dns::start(&cfg.dns, client.clone(), &cfg.node_name)?;
     let ctx = Arc::new(PodContext {
+        dns: pod_dns,
         network,
         runtime: runtime.clone(),
         images,
@@ -204,6 +223,10 @@ pub async fn run(
         node_ip,
     });
     pods::run(ctx, client, &mut shutdown).await;
+    if let Some(p) = proxy {
+        p.stop().await;
+    }
+    dns_task.abort();
     reclaimer.abort();
     heartbeat.abort();
     if let Some(t) = net_task {

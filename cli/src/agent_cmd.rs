@@ -61,6 +61,23 @@ pub struct NodeFlags {
     /// Name of the node's pod bridge.
     #[arg(long, default_value = "shoal0", value_parser = shoal_agent::net::link_name)]
     pod_bridge: String,
+    /// Service proxy: `nftables` (tables `ip shoal-proxy` and `ip6
+    /// shoal-proxy` for ClusterIPs and NodePorts) or `none`. Runs with the
+    /// bridge pod network only; `--pod-network none` implies no proxy.
+    #[arg(long, default_value = "nftables")]
+    proxy: shoal_agent::proxy::ProxyMode,
+    /// Cluster DNS domain served by the node's DNS and written into pods'
+    /// resolv.conf search path.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Upstream DNS servers for names outside the cluster domain
+    /// (`ADDR[:PORT][,ADDR[:PORT]]`); without them such names are REFUSED.
+    #[arg(long, value_parser = shoal_agent::dns::upstreams_flag)]
+    dns_upstream: Option<shoal_agent::dns::Upstreams>,
+    /// Also serve cluster DNS on this address (e.g. `127.0.0.1:5353`; port 0
+    /// picks one). Pods use the DNS on their bridge gateway, port 53.
+    #[arg(long)]
+    dns_listen: Option<std::net::SocketAddr>,
     /// Port of the agent's API (logs, exec) on the node IP, like the
     /// kubelet's 10250; 0 picks a free one.
     #[arg(long, default_value_t = 10250)]
@@ -223,6 +240,11 @@ pub fn agent_config(
     cfg.bridge_name = flags.pod_bridge.clone();
     cfg.agent_port = flags.agent_port;
     cfg.metrics_interval = flags.metrics_interval;
+    cfg.proxy = flags.proxy;
+    shoal_agent::dns::index::Zone::new(&flags.cluster_domain)?;
+    cfg.dns.cluster_domain = flags.cluster_domain.clone();
+    cfg.dns.upstreams = flags.dns_upstream.clone().map(|u| u.0).unwrap_or_default();
+    cfg.dns.listen = flags.dns_listen;
     Ok(cfg)
 }
 

@@ -3,6 +3,7 @@
 mod agent_cmd;
 mod image_cmd;
 mod plugin_cmd;
+mod secrets_cmd;
 mod up_cmd;
 
 use anyhow::Context;
@@ -41,6 +42,9 @@ enum Command {
     /// Issue kubeconfigs from the cluster CA.
     #[command(subcommand)]
     Kubeconfig(agent_cmd::KubeconfigCmd),
+    /// Manage the keys that encrypt Secrets at rest.
+    #[command(subcommand)]
+    Secrets(secrets_cmd::SecretsCmd),
     /// A pod sandbox (started by the agent).
     #[command(hide = true)]
     Pause(agent_cmd::PauseArgs),
@@ -75,6 +79,62 @@ struct ServerArgs {
     hpa_sync_period: Duration,
     #[command(flatten)]
     node_controllers: NodeControllerFlags,
+    #[command(flatten)]
+    authn: AuthnFlags,
+    #[command(flatten)]
+    services: ServiceFlags,
+}
+
+/// Service address allocation and the `kubernetes` Service (`shoal server` and `shoal up`).
+#[derive(clap::Args, Clone)]
+pub(crate) struct ServiceFlags {
+    /// Service cluster-IP ranges: one CIDR, or two of different families
+    /// (comma-separated); the first one's family is the cluster's primary.
+    #[arg(long, default_value = "10.43.0.0/16,fd43::/112")]
+    service_cidr: String,
+    /// Range node ports are allocated from (`FIRST-LAST`).
+    #[arg(long, default_value = "30000-32767")]
+    service_node_port_range: String,
+    /// Address the `kubernetes` Service's endpoint advertises (default: the
+    /// listen address, or the machine's primary non-loopback IPv4 when
+    /// listening on all addresses).
+    #[arg(long)]
+    advertise_address: Option<std::net::IpAddr>,
+}
+
+impl ServiceFlags {
+    /// Check these settings and write them into the API configuration.
+    pub(crate) fn apply(&self, api: &mut ApiConfig) -> anyhow::Result<()> {
+        let mut cfg = shoal_host::api::services::ServiceConfig::parse(
+            &self.service_cidr,
+            &self.service_node_port_range,
+        )
+        .map_err(|e| anyhow::anyhow!("--service-cidr / --service-node-port-range: {e}"))?;
+        cfg.advertise_address = self.advertise_address;
+        api.services = cfg;
+        Ok(())
+    }
+}
+
+/// Bearer-token authentication settings (`shoal server` and `shoal up`).
+#[derive(clap::Args, Clone)]
+pub(crate) struct AuthnFlags {
+    /// Static bearer tokens: CSV lines `token,user,uid,"group1,group2"`.
+    #[arg(long)]
+    token_auth_file: Option<PathBuf>,
+    /// Issuer (`iss`) of service-account tokens; also the API audience.
+    #[arg(long, default_value = shoal_host::auth::DEFAULT_ISSUER)]
+    service_account_issuer: String,
+}
+
+impl AuthnFlags {
+    /// Write these settings into the API configuration.
+    pub(crate) fn apply(&self, api: &mut ApiConfig) {
+        api.authn = shoal_host::auth::AuthnConfig {
+            token_auth_file: self.token_auth_file.clone(),
+            service_account_issuer: self.service_account_issuer.clone(),
+        };
+    }
 }
 
 /// Node IPAM and node lifecycle settings (`shoal server` and `shoal up`).
@@ -148,6 +208,7 @@ fn real_main() -> anyhow::Result<()> {
         Command::Pause(a) => std::process::exit(agent_cmd::pause(a)),
         Command::Shim(a) => std::process::exit(agent_cmd::shim(a)),
         Command::Kubeconfig(c) => return agent_cmd::kubeconfig(c),
+        Command::Secrets(c) => return secrets_cmd::run(c),
         command => Cli { command },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -159,7 +220,9 @@ fn real_main() -> anyhow::Result<()> {
         Command::Image(c) => rt.block_on(image_cmd::run(c)),
         Command::Agent(a) => rt.block_on(agent_cmd::run_agent(a, shutdown_signal())),
         Command::Up(a) => rt.block_on(up_cmd::run(a, shutdown_signal())),
-        Command::Pause(_) | Command::Shim(_) | Command::Kubeconfig(_) => unreachable!(),
+        Command::Pause(_) | Command::Shim(_) | Command::Kubeconfig(_) | Command::Secrets(_) => {
+            unreachable!()
+        }
     }
 }
 
@@ -189,6 +252,8 @@ async fn run_server(a: ServerArgs) -> anyhow::Result<()> {
         },
     };
     a.node_controllers.apply(&mut config.api)?;
+    a.authn.apply(&mut config.api);
+    a.services.apply(&mut config.api)?;
     server::run(config, shutdown_signal(), |r| {
         println!(
             "shoal server ready on https://{} (kubeconfig: {})",

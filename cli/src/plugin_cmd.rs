@@ -38,6 +38,9 @@ pub enum PluginCmd {
         /// Scheduler plugins: weight of this policy's scores.
         #[arg(long)]
         weight: Option<u32>,
+        /// Admission plugins: which requests they see, and how they fail.
+        #[command(flatten)]
+        admission: Box<AdmissionArgs>,
         /// Kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
@@ -59,6 +62,81 @@ pub enum PluginCmd {
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
     },
+}
+
+/// `shoal plugin install` flags for admission plugins (`spec.admission`, `spec.order`).
+#[derive(clap::Args)]
+pub struct AdmissionArgs {
+    /// Admission plugins: mutating (may return a JSON patch; runs before validation) instead of validating.
+    #[arg(long)]
+    mutating: bool,
+    /// Admission plugins: operations to review, comma-separated (CREATE, UPDATE, DELETE, CONNECT, *).
+    #[arg(long, default_value = "CREATE,UPDATE")]
+    operations: String,
+    /// Admission plugins: resources to review, comma-separated (pods, deployments, pods/status, *).
+    #[arg(long, default_value = "pods")]
+    resources: String,
+    /// Admission plugins: API groups, comma-separated ("" is core; * is any).
+    #[arg(long, default_value = "*")]
+    api_groups: String,
+    /// Admission plugins: what a trap or timeout means: Fail (refuse the request) or Ignore.
+    #[arg(long, default_value = "Fail")]
+    failure_policy: String,
+    /// Admission plugins: deadline of one call, in seconds (at most 30; default 10).
+    #[arg(long)]
+    timeout_seconds: Option<f64>,
+    /// Admission plugins: position in its phase (ascending).
+    #[arg(long)]
+    order: Option<i64>,
+    /// Admission plugins: only namespaces with these labels (key=value,...).
+    #[arg(long)]
+    namespace_selector: Option<String>,
+}
+
+impl AdmissionArgs {
+    fn list(s: &str) -> Vec<String> {
+        s.split(',').map(|x| x.trim().to_string()).collect()
+    }
+
+    /// Whether any admission-only flag differs from its default.
+    fn given(&self) -> bool {
+        self.mutating
+            || self.operations != "CREATE,UPDATE"
+            || self.resources != "pods"
+            || self.api_groups != "*"
+            || self.failure_policy != "Fail"
+            || self.timeout_seconds.is_some()
+            || self.order.is_some()
+            || self.namespace_selector.is_some()
+    }
+
+    /// The `spec.admission` object (the server validates it).
+    fn spec(&self) -> anyhow::Result<Value> {
+        let mut spec = json!({
+            "type": if self.mutating { "Mutating" } else { "Validating" },
+            "rules": [{
+                "operations": Self::list(&self.operations.to_ascii_uppercase()),
+                "apiGroups": Self::list(&self.api_groups),
+                "apiVersions": ["*"],
+                "resources": Self::list(&self.resources),
+            }],
+            "failurePolicy": self.failure_policy,
+        });
+        if let Some(t) = self.timeout_seconds {
+            spec["timeoutSeconds"] = json!(t);
+        }
+        if let Some(sel) = &self.namespace_selector {
+            let mut labels = serde_json::Map::new();
+            for pair in sel.split(',').filter(|p| !p.trim().is_empty()) {
+                let Some((k, v)) = pair.split_once('=') else {
+                    bail!("--namespace-selector takes key=value pairs, not {pair:?}");
+                };
+                labels.insert(k.trim().to_string(), json!(v.trim()));
+            }
+            spec["namespaceSelector"] = json!({"matchLabels": labels});
+        }
+        Ok(spec)
+    }
 }
 
 async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
@@ -106,6 +184,7 @@ pub async fn run(cmd: PluginCmd) -> anyhow::Result<()> {
             default,
             profiles,
             weight,
+            admission,
             kubeconfig,
             timeout,
         } => {
@@ -139,6 +218,14 @@ pub async fn run(cmd: PluginCmd) -> anyhow::Result<()> {
             }
             if !profiles.is_empty() {
                 spec["profiles"] = json!(profiles);
+            }
+            if kind == "admission" {
+                spec["admission"] = admission.spec()?;
+                if let Some(o) = admission.order {
+                    spec["order"] = json!(o);
+                }
+            } else if admission.given() {
+                bail!("--mutating, --operations, --resources, --failure-policy, --timeout-seconds, --order and --namespace-selector only apply to admission plugins");
             }
             let existing = api.get_opt(&name).await.map_err(explain)?;
             if default {

@@ -28,6 +28,10 @@ pub struct UpArgs {
     node: NodeFlags,
     #[command(flatten)]
     node_controllers: crate::NodeControllerFlags,
+    #[command(flatten)]
+    authn: crate::AuthnFlags,
+    #[command(flatten)]
+    services: crate::ServiceFlags,
 }
 
 /// Run server and agent until `shutdown`.
@@ -53,6 +57,8 @@ pub async fn run(
         scheduler: Default::default(),
     };
     a.node_controllers.apply(&mut config.api)?;
+    a.authn.apply(&mut config.api);
+    a.services.apply(&mut config.api)?;
     let server = server::run(config, stopped(stop_rx.clone()), move |r| {
         let _ = ready_tx.send(r);
     });

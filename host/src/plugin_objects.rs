@@ -40,6 +40,8 @@ pub struct PluginEntry {
     pub generation: i64,
     /// The compiled, pre-instantiated module.
     pub loaded: Arc<LoadedPlugin>,
+    /// Admission plugins: `spec.admission` and `spec.order` (host/src/admission).
+    pub admission: Option<crate::admission::AdmissionSpec>,
 }
 
 /// The Ready plugins, by name. Replaced as a whole on every change.
@@ -62,15 +64,60 @@ fn info() -> &'static resources::ResourceInfo {
 /// Store the embedded default modules and create their Plugin objects if
 /// missing (or refresh a built-in one whose embedded module changed).
 pub async fn bootstrap(state: &AppState, blobs: &BlobStore) -> Result<(), ApiError> {
-    let digest = blobs::digest_of(artifacts::DEFAULT_SCHEDULER);
-    blobs
-        .put(&digest, artifacts::DEFAULT_SCHEDULER)
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
     let bin = blobs::digest_of(artifacts::BINPACK);
     blobs
         .put(&bin, artifacts::BINPACK)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let key = info().key(None, DEFAULT_POLICY);
+    ensure_builtin(
+        state,
+        blobs,
+        DEFAULT_POLICY,
+        artifacts::DEFAULT_SCHEDULER,
+        json!({"kind": "scheduler", "profiles": [DEFAULT_PROFILE], "config": {}}),
+    )
+    .await?;
+    ensure_builtin(
+        state,
+        blobs,
+        DEFAULT_ROUTER,
+        artifacts::ROUTER_DEFAULT,
+        json!({"kind": "router", "config": {}}),
+    )
+    .await?;
+    // Kubernetes RBAC, the built-in authorizer (host/src/authz, plugins/rbac).
+    ensure_builtin(
+        state,
+        blobs,
+        RBAC_PLUGIN,
+        artifacts::RBAC,
+        json!({"kind": "authorizer", "config": {}}),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Name of the built-in RBAC authorizer Plugin.
+pub const RBAC_PLUGIN: &str = "rbac";
+
+/// Name of the built-in router Plugin (used by Services naming no router).
+pub const DEFAULT_ROUTER: &str = "default-router";
+
+/// Store a built-in module and create its Plugin object (`spec` plus the
+/// module's digest) if missing, or point an existing built-in one (annotated
+/// `plugins.shoal.dev/builtin: "true"`) at a changed embedded module. A
+/// Plugin of that name made by a user is left alone.
+pub async fn ensure_builtin(
+    state: &AppState,
+    blobs: &BlobStore,
+    name: &str,
+    module: &[u8],
+    spec: Value,
+) -> Result<(), ApiError> {
+    let digest = blobs::digest_of(module);
+    blobs
+        .put(&digest, module)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let key = info().key(None, name);
     let existing = state.store.get(&key)?;
     let builtin_stale = match &existing {
         None => true,
@@ -86,10 +133,12 @@ pub async fn bootstrap(state: &AppState, blobs: &BlobStore) -> Result<(), ApiErr
     if !builtin_stale {
         return Ok(());
     }
+    let mut spec = spec;
+    spec["digest"] = json!(digest);
     let mut obj = json!({
         "apiVersion": "plugins.shoal.dev/v1alpha1", "kind": "Plugin",
-        "metadata": {"name": DEFAULT_POLICY, "annotations": {"plugins.shoal.dev/builtin": "true"}},
-        "spec": {"kind": "scheduler", "digest": digest, "profiles": [DEFAULT_PROFILE], "config": {}},
+        "metadata": {"name": name, "annotations": {"plugins.shoal.dev/builtin": "true"}},
+        "spec": spec,
     });
     let precondition = match &existing {
         None => {
@@ -276,6 +325,13 @@ impl PluginController {
                 .get("timeoutSeconds")
                 .and_then(Value::as_f64)
                 .map(Duration::from_secs_f64);
+            // Admission plugins: spec.admission.timeoutSeconds, default 10s.
+            let timeout = match kind {
+                PluginKind::Admission => Some(Duration::from_secs_f64(
+                    crate::admission::spec::timeout_seconds(&spec),
+                )),
+                _ => timeout,
+            };
             let loaded = match current.get(&name) {
                 Some(e)
                     if e.digest == digest
@@ -315,6 +371,8 @@ impl PluginController {
                             weight,
                             generation,
                             loaded,
+                            admission: (kind == PluginKind::Admission)
+                                .then(|| crate::admission::AdmissionSpec::from_plugin_spec(&spec)),
                         },
                     );
                     statuses.push((name.clone(), "Ready", String::new(), generation));

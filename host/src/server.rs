@@ -137,6 +137,27 @@ fn tls_config(pki: &Pki) -> Result<rustls::ServerConfig, ServerError> {
     Ok(cfg)
 }
 
+/// Bearer-token authentication: the token file, and service-account tokens
+/// signed with `<pki>/sa.key`.
+fn authenticator(
+    config: &ServerConfig,
+    pki_dir: &std::path::Path,
+    store: Arc<dyn Store>,
+) -> Result<crate::auth::Authenticator, ServerError> {
+    let a = &config.api.authn;
+    let statics = match &a.token_auth_file {
+        Some(p) => {
+            crate::auth::Authenticator::load_token_file(p).map_err(ServerError::Bootstrap)?
+        }
+        None => Default::default(),
+    };
+    let signer = controllers::serviceaccount::TokenSigner::load_or_create(pki_dir)
+        .map_err(|e| ServerError::Bootstrap(format!("service account signing key: {e}")))?;
+    let sa =
+        crate::auth::ServiceAccountTokens::new(Arc::new(signer), &a.service_account_issuer, store);
+    Ok(crate::auth::Authenticator::new(statics, Some(sa)))
+}
+
 /// Run the server until `shutdown` resolves. `on_ready` is called once it serves.
 pub async fn run(
     config: ServerConfig,
@@ -154,6 +175,8 @@ pub async fn run(
         },
         Some(Arc::new(move |d, n| m2.observe_commit(d, n))),
     )?;
+    // Secrets are sealed at rest (AES-GCM, keys in pki/secrets-encryption.key).
+    let store = crate::store::encrypted::seal_secrets(store, &dir.join("pki"))?;
     let store: Arc<dyn Store> = Arc::new(store);
     bootstrap(store.as_ref()).await?;
 
@@ -191,11 +214,19 @@ pub async fn run(
         cache_dir: Some(dir.join("plugin-cache")),
         limits: Default::default(),
     })?);
+    let authn = Arc::new(authenticator(&config, &dir.join("pki"), store.clone())?);
+    let admission = Arc::new(crate::admission::WasmChain::new());
+    // The authorization chain (host/src/authz), fed the plugin set below.
+    let authz = crate::authz::Authorizer::new(store.clone());
     let hooks = api::Hooks {
+        authz: Some(authz.clone()),
+        authn: Some(authn.clone()),
         blobs: Some(blobs.clone()),
         plugin_check: Some(plugin_objects::module_check(runtime.clone(), blobs.clone())),
         pki_dir: Some(dir.join("pki")),
         node_metrics: Default::default(),
+        admission: Some(admission.clone()),
+        services: Default::default(),
     };
     let state = Arc::new(AppState {
         store: store.clone(),
@@ -206,6 +237,17 @@ pub async fn run(
     plugin_objects::bootstrap(&state, &blobs)
         .await
         .map_err(|e| ServerError::Bootstrap(format!("{:?}", e.status()["message"])))?;
+    crate::authz::bootstrap::ensure_defaults(&state)
+        .await
+        .map_err(|e| {
+            ServerError::Bootstrap(format!("rbac defaults: {:?}", e.status()["message"]))
+        })?;
+    // The `default/kubernetes` Service and its EndpointSlice (api/services.rs).
+    api::services::bootstrap_kubernetes(&state, addr)
+        .await
+        .map_err(|e| {
+            ServerError::Bootstrap(format!("kubernetes service: {:?}", e.status()["message"]))
+        })?;
     let lc = &config.api.node_lifecycle;
     api::validation::set_default_toleration_seconds(
         lc.default_not_ready_toleration_seconds,
@@ -215,6 +257,10 @@ pub async fn run(
     let (plugin_ctl, plugin_set) =
         plugin_objects::PluginController::new(state.clone(), runtime.clone(), blobs.clone());
     let plugin_task = tokio::spawn(plugin_ctl.run());
+    let slices_task = controllers::spawn_endpointslices(state.clone(), plugin_set.clone());
+    // Admission plugins follow the same published set as the scheduler.
+    admission.attach(state.clone(), plugin_set.clone());
+    authz.start(plugin_set.clone());
     let sched_stop = Arc::new(tokio::sync::Notify::new());
     crate::scheduler::spawn(
         state.clone(),
@@ -225,6 +271,8 @@ pub async fn run(
     let app = api::router(state);
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&pki)?));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Ready once the authorizer plugins (RBAC) decide, so clients see them.
+    authz.wait_ready(Duration::from_secs(30)).await;
     on_ready(Ready { addr, kubeconfig });
     tokio::pin!(shutdown);
     loop {
@@ -242,6 +290,7 @@ pub async fn run(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
+        let authn = authn.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let tls =
@@ -261,8 +310,12 @@ pub async fn run(
                 .and_then(Identity::from_cert);
             let svc = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    if let Some(id) = &identity {
-                        req.extensions_mut().insert(id.clone());
+                    // A client certificate first, then a bearer token.
+                    let id = identity
+                        .clone()
+                        .or_else(|| authn.authenticate_headers(req.headers()));
+                    if let Some(id) = id {
+                        req.extensions_mut().insert(id);
                     }
                     app.clone().oneshot(req.map(axum::body::Body::new))
                 },
@@ -276,6 +329,7 @@ pub async fn run(
     ctrl_stop.notify_waiters();
     sched_stop.notify_waiters();
     plugin_task.abort();
+    slices_task.abort();
     // In-flight requests get a moment to finish; open watches are cut.
     let _ = tokio::time::timeout(Duration::from_secs(3), graceful.shutdown()).await;
     Ok(())

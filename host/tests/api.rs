@@ -55,6 +55,7 @@ fn admin() -> Identity {
     Identity {
         user: "admin".into(),
         groups: vec!["system:masters".into(), "system:authenticated".into()],
+        ..Default::default()
     }
 }
 

@@ -1,6 +1,8 @@
 //! Helpers for end-to-end tests: start and stop a real `shoal server` process.
 #![allow(dead_code)]
 
+pub mod lab;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

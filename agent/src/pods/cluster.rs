@@ -68,6 +68,22 @@ pub trait ClusterApi: Send + Sync {
     ) -> BoxFuture<'a, Result<Option<k8s_openapi::api::core::v1::PersistentVolume>, ApiError>> {
         async { Ok(None) }.boxed()
     }
+    /// Request a service-account token (TokenRequest) bound to a pod; returns
+    /// the response body. The default (test fakes) refuses.
+    fn token_request<'a>(
+        &'a self,
+        _request: &'a super::projected::TokenRequestArgs,
+    ) -> BoxFuture<'a, Result<serde_json::Value, ApiError>> {
+        async { Err(ApiError("token requests are not supported here".into())) }.boxed()
+    }
+    /// A Service (None if it does not exist). The default (test fakes) serves none.
+    fn service<'a>(
+        &'a self,
+        _namespace: &'a str,
+        _name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<k8s_openapi::api::core::v1::Service>, ApiError>> {
+        async { Ok(None) }.boxed()
+    }
 }
 
 /// An Event about one container of a pod, as kubelet records them.
@@ -225,5 +241,29 @@ impl ClusterApi for KubeCluster {
         name: &'a str,
     ) -> BoxFuture<'a, Result<Option<k8s_openapi::api::core::v1::PersistentVolume>, ApiError>> {
         async move { Ok(Api::all(self.0.clone()).get_opt(name).await?) }.boxed()
+    }
+
+    fn token_request<'a>(
+        &'a self,
+        r: &'a super::projected::TokenRequestArgs,
+    ) -> BoxFuture<'a, Result<serde_json::Value, ApiError>> {
+        async move {
+            let req = r.http_request().map_err(ApiError)?;
+            Ok(self.0.request::<serde_json::Value>(req).await?)
+        }
+        .boxed()
+    }
+
+    fn service<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<k8s_openapi::api::core::v1::Service>, ApiError>> {
+        async move {
+            Ok(Api::namespaced(self.0.clone(), namespace)
+                .get_opt(name)
+                .await?)
+        }
+        .boxed()
     }
 }

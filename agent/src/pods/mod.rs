@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod container_spec;
 pub mod env;
 pub mod probes;
+pub mod projected;
 pub mod pull_secrets;
 pub mod quantity;
 pub mod state;

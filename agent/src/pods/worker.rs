@@ -44,6 +44,8 @@ pub struct PodContext {
     pub backoff: Backoff,
     /// Gives pods their interface and addresses (see `crate::net`).
     pub network: Arc<dyn crate::net::PodNetwork>,
+    /// Cluster DNS for pods' resolv.conf (see `crate::dns`).
+    pub dns: crate::dns::PodDns,
 }
 
 /// How long after SIGKILL the worker waits for containers to be reaped.
@@ -79,6 +81,8 @@ pub struct PodWorker {
     /// The pod's IPs once its network is set up for the current sandbox.
     pod_ips: Option<Vec<String>>,
     probes: PodProbes,
+    /// Projected volumes and their service-account tokens.
+    projected: super::projected::Projected,
 }
 
 fn now() -> Time {
@@ -129,6 +133,7 @@ impl PodWorker {
             last_status: None,
             pod_ips: None,
             probes,
+            projected: Default::default(),
         }
     }
 
@@ -166,6 +171,10 @@ impl PodWorker {
                     return;
                 }
                 Some(p) => {
+                    // Service-account tokens due for refresh (80% of their lifetime).
+                    self.projected
+                        .refresh(self.ctx.api.as_ref(), &p, &self.dir)
+                        .await;
                     let resync = Instant::now() + RESYNC;
                     Some(self.sync(&p).await.map_or(resync, |w| w.min(resync)))
                 }
@@ -492,7 +501,12 @@ impl PodWorker {
 
     async fn fetch_sources(&self, pod: &Pod) -> Result<Sources, String> {
         let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
-        let (cms, secrets) = volumes::referenced_sources(pod);
+        let (mut cms, mut secrets) = volumes::referenced_sources(pod);
+        let (pcms, psecrets) = super::projected::referenced_sources(pod);
+        cms.extend(pcms);
+        secrets.extend(psecrets);
+        cms.dedup();
+        secrets.dedup();
         let mut s = Sources::default();
         for n in cms {
             let v = self.ctx.api.config_map(ns, &n).await.map_err(|e| e.0)?;
@@ -521,7 +535,12 @@ impl PodWorker {
         out
     }
 
-    fn etc_mounts(&self, pod: &Pod, c: &Container) -> Result<Vec<Mount>, String> {
+    fn etc_mounts(
+        &self,
+        pod: &Pod,
+        c: &Container,
+        cluster_dns: &[std::net::IpAddr],
+    ) -> Result<Vec<Mount>, String> {
         let spec = pod.spec.as_ref();
         let hostname = spec
             .and_then(|s| s.hostname.clone())
@@ -532,8 +551,10 @@ impl PodWorker {
         let mut hosts = String::from(
             "# Kubernetes-managed hosts file (shoal).\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
         );
+        let domain = &self.ctx.dns.cluster_domain;
+        let names = crate::dns::resolv::pod_host_names(pod, &hostname, domain);
         for ip in self.pod_ips.iter().flatten() {
-            hosts.push_str(&format!("{ip}\t{hostname}\n"));
+            hosts.push_str(&format!("{ip}\t{names}\n"));
         }
         for a in spec
             .and_then(|s| s.host_aliases.clone())
@@ -542,7 +563,8 @@ impl PodWorker {
             let names = a.hostnames.unwrap_or_default().join(" ");
             hosts.push_str(&format!("{}\t{names}\n", a.ip));
         }
-        let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let node_resolv = crate::dns::resolv::node_resolv_conf();
+        let resolv = crate::dns::resolv::pod_resolv_conf(pod, domain, cluster_dns, &node_resolv);
         let files = [
             ("hosts", hosts, "/etc/hosts"),
             ("hostname", format!("{hostname}\n"), "/etc/hostname"),
@@ -598,7 +620,17 @@ impl PodWorker {
                 .unwrap_or_default(),
         };
         let env = env::resolve(pod, c, &sources, &facts).map_err(config_err)?;
+        let env = super::projected::merge_service_env(
+            super::projected::kubernetes_service_env(self.ctx.api.as_ref()).await,
+            env,
+        );
         let mut vols = volumes::prepare(pod, &self.dir, &sources).map_err(config_err)?;
+        vols.extend(
+            self.projected
+                .prepare(self.ctx.api.as_ref(), pod, &self.dir, &sources)
+                .await
+                .map_err(config_err)?,
+        );
         let storage_root = crate::storage::root(&self.ctx.data_dir);
         let claims = crate::storage::claim_volumes(self.ctx.api.as_ref(), pod, &storage_root)
             .await
@@ -606,7 +638,14 @@ impl PodWorker {
         vols.extend(claims.paths.clone());
         let mut mounts = volumes::mounts(c, &vols).map_err(config_err)?;
         claims.apply_read_only(c, &mut mounts);
-        mounts.extend(self.etc_mounts(pod, c).map_err(config_err)?);
+        // With a pod network, wait (briefly) for the node-local DNS address.
+        let has_net = self.pod_ips.as_ref().is_some_and(|ips| !ips.is_empty());
+        let cluster_dns = self
+            .ctx
+            .dns
+            .nameservers(has_net, Duration::from_secs(10))
+            .await;
+        mounts.extend(self.etc_mounts(pod, c, &cluster_dns).map_err(config_err)?);
 
         let attempt = self
             .latest(&c.name, init)
@@ -1201,6 +1240,7 @@ mod tests {
             cgroup_parent: "shoal".into(),
             backoff: Backoff::default(),
             network: Arc::new(crate::net::NoNetwork),
+            dns: crate::dns::PodDns::disabled("cluster.local"),
         });
         let w = PodWorker::new(ctx, "uid-1", "default", "p");
         let (tx, rx) = watch::channel(Some(Arc::new(pod.clone())));

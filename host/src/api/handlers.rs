@@ -197,14 +197,24 @@ pub async fn handle(
         (&Method::DELETE, false, _) => "deletecollection",
         _ => "unknown",
     };
-    let resp = match dispatch(state, &method, target, query, req, watching).await {
+    // Admission plugins see the requesting user and may add warnings.
+    let (resp, warnings) = crate::admission::scope(
+        &identity,
+        dispatch(state, &method, target, query, req, watching),
+    )
+    .await;
+    let mut resp = match resp {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
+    crate::admission::add_warning_headers(resp.headers_mut(), &warnings);
     (verb.into(), resource, resp)
 }
 
-async fn read_body(state: &AppState, req: Request<Body>) -> ApiResult<(String, bytes::Bytes)> {
+pub(crate) async fn read_body(
+    state: &AppState,
+    req: Request<Body>,
+) -> ApiResult<(String, bytes::Bytes)> {
     let ct = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -227,7 +237,7 @@ async fn read_body(state: &AppState, req: Request<Body>) -> ApiResult<(String, b
 }
 
 /// Decode a JSON (or YAML) body into an object.
-fn decode_body(ct: &str, body: &[u8]) -> ApiResult<Value> {
+pub(crate) fn decode_body(ct: &str, body: &[u8]) -> ApiResult<Value> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::BadRequest("the request body is empty".into()));
     }
@@ -272,8 +282,14 @@ async fn dispatch(
             return super::proxy::pod_port_forward(state, &t, req).await;
         }
         if super::proxy::POD_SUBRESOURCES.contains(&sub) {
+            // CONNECT admission for exec and attach.
+            crate::admission::admit_connect(state, &t, req.uri().query()).await?;
             return super::proxy::pod_subresource(state, &t, sub, req).await;
         }
+    }
+    // serviceaccounts/token and authentication.k8s.io reviews (api/tokens.rs).
+    if super::tokens::serves(&t) {
+        return super::tokens::serve(state, method, &t, req).await;
     }
     let format = negotiate(req.headers(), &query)?;
     let sub = t.sub.as_deref();
@@ -786,8 +802,20 @@ pub(crate) async fn create(
     if let Some(ns) = ns {
         check_namespace(state, ns)?;
     }
+    if t.info.kind == "Pod" {
+        // Built-in ServiceAccount admission (api/serviceaccount_admission.rs).
+        super::serviceaccount_admission::admit_pod(state, &mut obj)?;
+    }
+    // Admission chain (host/src/admission): mutating plugins, validation of
+    // what they changed, validating plugins, ResourceQuota.
+    let attrs =
+        crate::admission::Attributes::of(t, crate::admission::Operation::Create, dry_run(query));
+    let mut obj = crate::admission::mutate(state, &attrs, obj, None).await?;
+    crate::admission::validate(state, &attrs, Some(&obj), None).await?;
     let mut name = meta_str(&obj, "name").unwrap_or("").to_string();
     check_plugin_module(state, t.info, None, &obj, &name).await?;
+    // Service cluster IPs and node ports, written with the object (api/services.rs).
+    let reservation = super::services::reserve_create(state, t.info, &mut obj)?;
     if dry_run(query) {
         return Ok(obj);
     }
@@ -811,6 +839,7 @@ pub(crate) async fn create(
         }
         match state.store.txn(ops).await {
             Ok(r) => {
+                reservation.commit();
                 object::set_resource_version(&mut obj, r.revision);
                 return Ok(obj);
             }
@@ -987,12 +1016,18 @@ async fn write_update(
 ) -> ApiResult<(StatusCode, Value)> {
     let info = t.info;
     let name = t.name.clone().unwrap_or_default();
+    super::services::prepare_update(info, t.sub.as_deref(), old, &mut new);
+    // Mutating admission first; defaulting and validation below see its result.
+    let attrs =
+        crate::admission::Attributes::of(t, crate::admission::Operation::Update, dry_run(query));
+    let mut new = crate::admission::mutate(state, &attrs, new, Some(old)).await?;
     validation::default_object(info, &mut new);
     let mut causes = validation::validate(info, &new);
     causes.extend(validation::validate_update(info, old, &new));
     if !causes.is_empty() {
         return Err(invalid(info, &name, causes));
     }
+    let reservation = super::services::reserve_update(state, t, old, &mut new)?;
     // Generation moves when anything but metadata and status changes.
     if t.sub.is_none()
         && without(old, &["metadata", "status"]) != without(&new, &["metadata", "status"])
@@ -1009,6 +1044,7 @@ async fn write_update(
     if t.sub.is_none() {
         check_plugin_module(state, info, Some(old), &new, &name).await?;
     }
+    crate::admission::validate(state, &attrs, Some(&new), Some(old)).await?;
     object::set_resource_version(&mut new, current.mod_revision);
     if &new == old {
         // A no-op update writes nothing and keeps the resourceVersion.
@@ -1047,6 +1083,8 @@ async fn write_update(
                 StoreError::Conflict { .. } => conflict(info, &name),
                 e => e.into(),
             })?;
+        drop(reservation);
+        super::services::released(state, info, old);
         object::set_resource_version(&mut new, r.revision);
         return Ok((StatusCode::OK, new));
     }
@@ -1062,6 +1100,7 @@ async fn write_update(
             StoreError::Conflict { .. } => conflict(info, &name),
             e => e.into(),
         })?;
+    reservation.commit();
     object::set_resource_version(&mut new, r.revision);
     Ok((StatusCode::OK, new))
 }
@@ -1411,6 +1450,7 @@ pub async fn delete(
     for _ in 0..16 {
         let current = get_kv(state, t)?;
         let old = object::from_store(&current)?;
+        crate::admission::admit_delete(state, t, &old, dry_run(query)).await?;
         if let Some(pre) = opts.get("preconditions") {
             if let Some(uid) = pre.get("uid").and_then(Value::as_str) {
                 if meta_str(&old, "uid") != Some(uid) {
@@ -1488,7 +1528,10 @@ pub async fn delete(
                 }])
                 .await
             {
-                Ok(_) => return Ok((StatusCode::OK, old)),
+                Ok(_) => {
+                    super::services::released(state, info, &old);
+                    return Ok((StatusCode::OK, old));
+                }
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }

@@ -585,6 +585,7 @@ mod tests {
         req.extensions_mut().insert(Identity {
             user: user.into(),
             groups: groups.iter().map(|g| g.to_string()).collect(),
+            ..Default::default()
         });
         let resp = app.clone().oneshot(req).await.unwrap();
         let code = resp.status();

@@ -11,8 +11,11 @@ pub mod protobuf;
 pub mod proxy;
 pub mod resources;
 pub mod selector;
+pub mod serviceaccount_admission;
+pub mod services;
 pub mod strategic;
 pub mod table;
+pub mod tokens;
 pub mod validation;
 pub mod watch;
 
@@ -43,6 +46,10 @@ pub struct ApiConfig {
     pub ipam: crate::controllers::nodeipam::IpamConfig,
     /// Node lifecycle: heartbeat grace and default toleration seconds.
     pub node_lifecycle: crate::controllers::nodelifecycle::LifecycleConfig,
+    /// Service CIDRs, node-port range and the API's advertise address.
+    pub services: services::ServiceConfig,
+    /// Bearer-token authentication: token file and service-account issuer.
+    pub authn: crate::auth::AuthnConfig,
 }
 
 impl Default for ApiConfig {
@@ -54,6 +61,8 @@ impl Default for ApiConfig {
             hpa_sync_period: Duration::from_secs(15),
             ipam: Default::default(),
             node_lifecycle: Default::default(),
+            services: Default::default(),
+            authn: Default::default(),
         }
     }
 }
@@ -85,6 +94,14 @@ pub struct Hooks {
     pub pki_dir: Option<std::path::PathBuf>,
     /// The latest resource usage report of each node (`metrics.k8s.io`).
     pub node_metrics: metrics_api::NodeMetricsStore,
+    /// Service cluster-IP and node-port allocators (built from the store on first use).
+    pub services: services::ServiceAllocator,
+    /// Admission plugins (host/src/admission), fed by the Plugin controller.
+    pub admission: Option<Arc<crate::admission::WasmChain>>,
+    /// Bearer tokens and service-account tokens (TokenRequest, TokenReview).
+    pub authn: Option<Arc<crate::auth::Authenticator>>,
+    /// The authorization chain (host/src/authz); `None` allows everything.
+    pub authz: Option<Arc<crate::authz::Authorizer>>,
 }
 
 /// The API router. Health endpoints are open; everything else needs an identity.
@@ -107,6 +124,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         // The built-in OCI registry (/v2/...), authenticated like the API.
         .merge(crate::registry::routes())
         .fallback(api)
+        // Authorization of every authenticated request (host/src/authz).
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::authz::middleware,
+        ))
         .with_state(state)
 }
 

@@ -211,6 +211,28 @@ fn default_toleration_seconds(spec: &mut Value) {
     }
 }
 
+/// A Secret's write-only `stringData` merged into `data` (base64), its keys
+/// winning, and dropped, as Kubernetes does when it converts a v1 Secret.
+fn merge_string_data(obj: &mut Value) {
+    use base64::Engine as _;
+    let Some(Value::Object(strings)) = obj.as_object_mut().and_then(|m| m.remove("stringData"))
+    else {
+        return;
+    };
+    if !obj.get("data").is_some_and(Value::is_object) {
+        obj["data"] = json!({});
+    }
+    let data = obj["data"].as_object_mut().expect("data is an object");
+    for (k, v) in strings {
+        if let Value::String(s) = v {
+            data.insert(
+                k,
+                Value::String(base64::engine::general_purpose::STANDARD.encode(s)),
+            );
+        }
+    }
+}
+
 /// Apply Kubernetes defaults to a new or updated object.
 pub fn default_object(info: &ResourceInfo, obj: &mut Value) {
     match info.kind {
@@ -320,7 +342,10 @@ pub fn default_object(info: &ResourceInfo, obj: &mut Value) {
                 }
             });
         }
-        "Secret" => set_default(obj, &["type"], json!("Opaque")),
+        "Secret" => {
+            set_default(obj, &["type"], json!("Opaque"));
+            merge_string_data(obj);
+        }
         "HorizontalPodAutoscaler" => default_hpa(obj),
         "PersistentVolume" | "PersistentVolumeClaim" | "StorageClass" => {
             default_storage(info.kind, obj)
@@ -720,6 +745,8 @@ fn check_plugin(obj: &Value, causes: &mut Vec<Cause>) {
         causes.push(Cause::required("spec"));
         return;
     };
+    // spec.admission and spec.order (host/src/admission/spec.rs).
+    crate::admission::spec::validate(spec, causes);
     match spec.get("kind").and_then(Value::as_str) {
         None => causes.push(Cause::required("spec.kind")),
         Some(k) if !PLUGIN_KINDS.contains(&k) => {
@@ -940,17 +967,8 @@ pub fn validate_update(info: &ResourceInfo, old: &Value, new: &Value) -> Vec<Cau
         {
             causes.push(Cause::invalid("spec.selector", "", "field is immutable"));
         }
-        "Service" => {
-            let o = str_at(old, &["spec", "clusterIP"]);
-            let n = str_at(new, &["spec", "clusterIP"]);
-            if o.is_some() && o != Some("") && n != o {
-                causes.push(Cause::invalid(
-                    "spec.clusterIP",
-                    n.unwrap_or(""),
-                    "field is immutable",
-                ));
-            }
-        }
+        // clusterIP(s) and ipFamilies: immutable but for Kubernetes' transitions.
+        "Service" => causes.extend(super::services::validate_update(old, new)),
         "ConfigMap" | "Secret" if old.get("immutable").and_then(Value::as_bool) == Some(true) => {
             for part in ["data", "binaryData"] {
                 if old.get(part) != new.get(part) {

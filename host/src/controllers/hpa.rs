@@ -670,6 +670,7 @@ async fn call(
     let id = Identity {
         user: "system:kube-controller-manager".into(),
         groups: vec!["system:masters".into(), "system:authenticated".into()],
+        ..Default::default()
     };
     let (_, _, resp) = handlers::handle(state, id, req).await;
     let ok = resp.status().is_success();

@@ -7,6 +7,7 @@
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod endpointslice;
 pub mod events;
 pub mod gc;
 pub mod hpa;
@@ -17,7 +18,10 @@ pub mod nodelifecycle;
 pub mod ownership;
 pub mod pod_state;
 pub mod pods;
+pub mod rbac_aggregation;
 pub mod replicaset;
+pub mod resourcequota;
+pub mod rootca;
 pub mod runtime;
 pub mod serviceaccount;
 pub mod statefulset;
@@ -46,6 +50,11 @@ pub fn spawn(state: Arc<AppState>) -> Arc<Notify> {
         client.clone(),
     )));
     tasks.push(tokio::spawn(gc::run(client.clone())));
+    tasks.push(tokio::spawn(runtime::run(
+        Arc::new(resourcequota::ResourceQuotaController),
+        client.clone(),
+    )));
+    tasks.push(tokio::spawn(rbac_aggregation::run(state.clone())));
     tasks.push(tokio::spawn(runtime::run(
         Arc::new(nodeipam::NodeIpamController::new(&state.config.ipam)),
         client.clone(),
@@ -79,6 +88,10 @@ pub fn spawn(state: Arc<AppState>) -> Arc<Notify> {
         .map(serviceaccount::TokenController::new)
         .unwrap_or_default();
     tasks.push(tokio::spawn(runtime::run(Arc::new(tokens), client.clone())));
+    tasks.push(tokio::spawn(runtime::run(
+        Arc::new(rootca::RootCaPublisher::new(state.hooks.pki_dir.clone())),
+        client.clone(),
+    )));
     tasks.push(tokio::spawn(volume::run(client.clone())));
     tasks.push(tokio::spawn(runtime::run(
         Arc::new(hpa::HpaController::new(
@@ -95,4 +108,16 @@ pub fn spawn(state: Arc<AppState>) -> Arc<Notify> {
         }
     });
     stop
+}
+
+/// Start the EndpointSlice controller, which routes services with the router
+/// plugins published on `plugins`; abort the handle to stop it.
+pub fn spawn_endpointslices(
+    state: Arc<AppState>,
+    plugins: tokio::sync::watch::Receiver<Arc<crate::plugin_objects::PluginSet>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(runtime::run(
+        Arc::new(endpointslice::EndpointSliceController::new(plugins)),
+        LocalClient::new(state),
+    ))
 }

@@ -133,6 +133,22 @@ impl TokenSigner {
         Ok(jsonwebtoken::encode(&header, claims, &self.encoding)?)
     }
 
+    /// Sign any claims (bound tokens, see [`crate::auth::ServiceAccountTokens`]).
+    pub fn sign_claims<T: Serialize>(&self, claims: &T) -> Result<String, TokenError> {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(self.kid.clone());
+        Ok(jsonwebtoken::encode(&header, claims, &self.encoding)?)
+    }
+
+    /// Verify a token's signature and the checks in `validation`; return its claims.
+    pub fn verify_claims<T: serde::de::DeserializeOwned>(
+        &self,
+        token: &str,
+        validation: &Validation,
+    ) -> Result<T, TokenError> {
+        Ok(jsonwebtoken::decode::<T>(token, &self.decoding, validation)?.claims)
+    }
+
     /// Verify a legacy token's signature and issuer and return its claims.
     pub fn verify(&self, token: &str) -> Result<LegacyClaims, TokenError> {
         let mut v = Validation::new(Algorithm::ES256);

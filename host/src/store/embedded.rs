@@ -153,6 +153,51 @@ fn encode_events(events: &[Event], prev_revs: &[Revision]) -> Vec<u8> {
     buf
 }
 
+/// How [`EmbeddedStore::rewrite_values`] transforms one value stored at a
+/// key: the new bytes, or `None` to keep it.
+pub type RewriteFn<'a> = dyn Fn(&str, &[u8]) -> Result<Option<Vec<u8>>, StoreError> + 'a;
+
+/// A change-log entry with the values (and inline previous values) of keys
+/// under `prefix` passed through `f`; `None` when nothing changed.
+fn rewrite_log_entry(
+    revision: Revision,
+    mut raw: &[u8],
+    prefix: &str,
+    f: &RewriteFn<'_>,
+    rewritten: &mut usize,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let bad = || StoreError::Backend(format!("corrupt change log entry at revision {revision}"));
+    let mut out = Vec::with_capacity(raw.len() + 64);
+    let mut changed = false;
+    while !raw.is_empty() {
+        let (header, values) = match raw[0] {
+            PUT => (17, 1),
+            PUT_FULL | DELETE => (9, 2),
+            _ => return Err(bad()),
+        };
+        let head = raw.get(..header).ok_or_else(bad)?;
+        out.extend_from_slice(head);
+        raw = &raw[header..];
+        let key = take_chunk(&mut raw).flatten().ok_or_else(bad)?;
+        put_chunk(&mut out, Some(key));
+        let key = std::str::from_utf8(key).map_err(|_| bad())?;
+        for _ in 0..values {
+            match take_chunk(&mut raw).ok_or_else(bad)? {
+                Some(value) if key.starts_with(prefix) => match f(key, value)? {
+                    Some(new) => {
+                        put_chunk(&mut out, Some(&new));
+                        changed = true;
+                        *rewritten += 1;
+                    }
+                    None => put_chunk(&mut out, Some(value)),
+                },
+                value => put_chunk(&mut out, value),
+            }
+        }
+    }
+    Ok(changed.then_some(out))
+}
+
 /// One decoded log event and, for `PUT`, the revision holding its previous
 /// value (0 when the key was new).
 type LoggedEvent = (Event, Revision);
@@ -310,6 +355,66 @@ impl EmbeddedStore {
         let meta = r.open_table(META).map_err(backend)?;
         let rev = meta.get("revision").map_err(backend)?.map(|v| v.value());
         Ok(rev.unwrap_or(0))
+    }
+
+    /// Rewrites, in one durable transaction, the stored values of keys under
+    /// `prefix` in the objects table and in every retained change-log entry
+    /// (values and previous values), keeping revisions as they are. `f`
+    /// returns the new bytes for a value, or `None` to keep it. Does nothing
+    /// when the `meta` counter `marker.0` already holds `marker.1`, and sets it
+    /// after. Returns how many values were rewritten. Used by Secrets
+    /// encryption at rest (`store::encrypted::reencrypt`) at start, before the
+    /// store serves anything.
+    pub fn rewrite_values(
+        &self,
+        prefix: &str,
+        marker: (&str, u64),
+        f: &RewriteFn<'_>,
+    ) -> Result<usize, StoreError> {
+        let w = self.db.begin_write().map_err(backend)?;
+        let mut rewritten = 0;
+        {
+            let mut meta = w.open_table(META).map_err(backend)?;
+            if meta.get(marker.0).map_err(backend)?.map(|v| v.value()) == Some(marker.1) {
+                return Ok(0);
+            }
+            let mut objects = w.open_table(OBJECTS).map_err(backend)?;
+            let mut updates = Vec::new();
+            for entry in objects.range(prefix..).map_err(backend)? {
+                let (k, v) = entry.map_err(backend)?;
+                let (key, raw) = (k.value(), v.value());
+                if !key.starts_with(prefix) {
+                    break;
+                }
+                if let Some(new) = f(key, &raw[16..])? {
+                    let mut out = raw[..16].to_vec();
+                    out.extend_from_slice(&new);
+                    updates.push((key.to_string(), out));
+                }
+            }
+            rewritten += updates.len();
+            for (key, raw) in &updates {
+                objects
+                    .insert(key.as_str(), raw.as_slice())
+                    .map_err(backend)?;
+            }
+            let mut changes = w.open_table(CHANGES).map_err(backend)?;
+            let mut updates = Vec::new();
+            for entry in changes.iter().map_err(backend)? {
+                let (rev, raw) = entry.map_err(backend)?;
+                if let Some(new) =
+                    rewrite_log_entry(rev.value(), raw.value(), prefix, f, &mut rewritten)?
+                {
+                    updates.push((rev.value(), new));
+                }
+            }
+            for (rev, raw) in &updates {
+                changes.insert(*rev, raw.as_slice()).map_err(backend)?;
+            }
+            meta.insert(marker.0, marker.1).map_err(backend)?;
+        }
+        w.commit().map_err(backend)?;
+        Ok(rewritten)
     }
 
     fn read_changes(&self, after: Revision, upto: Revision) -> Result<Vec<Event>, StoreError> {

@@ -2,6 +2,7 @@
 //! and one revision counter, behind a trait the API server uses.
 
 pub mod embedded;
+pub mod encrypted;
 
 pub use embedded::EmbeddedStore;
 
