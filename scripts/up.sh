@@ -15,6 +15,8 @@ need_apt=()
 command -v gcc >/dev/null || need_apt+=(build-essential)
 command -v runc >/dev/null || need_apt+=(runc)
 command -v ip >/dev/null || need_apt+=(iproute2)
+# The agent's service proxy programs its own nftables tables with `nft`.
+command -v nft >/dev/null || need_apt+=(nftables)
 dpkg -s busybox-static >/dev/null 2>&1 || need_apt+=(busybox-static)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq

@@ -11,71 +11,24 @@ use shoal_host::plugin::artifacts;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const KUBECTL: &str = "/usr/bin/kubectl";
-
-fn have_kubectl() -> bool {
-    if std::path::Path::new(KUBECTL).exists() {
-        return true;
-    }
-    eprintln!("skipping: {KUBECTL} is not installed");
-    false
-}
+use common::kubectl::have_kubectl;
 
 fn kubectl(s: &Server, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(KUBECTL)
-        .env("KUBECONFIG", &s.kubeconfig)
-        .args(args)
-        .output()
-        .expect("run kubectl");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::kubectl::run(&s.kubeconfig, args, None)
 }
 
 /// kubectl that must succeed; returns (stdout, stderr).
 fn ok(s: &Server, args: &[&str]) -> (String, String) {
-    let (good, out, err) = kubectl(s, args);
-    assert!(
-        good,
-        "kubectl {args:?} failed:\nstdout: {out}\nstderr: {err}"
-    );
-    (out, err)
+    common::kubectl::ok(&s.kubeconfig, args)
 }
 
 /// kubectl that must fail; returns stderr.
 fn fails(s: &Server, args: &[&str]) -> String {
-    let (good, out, err) = kubectl(s, args);
-    assert!(
-        !good,
-        "kubectl {args:?} succeeded but should not have:\n{out}\n{err}"
-    );
-    err
+    common::kubectl::fails(&s.kubeconfig, args)
 }
 
 fn apply(s: &Server, manifest: &str) {
-    use std::io::Write;
-    let mut child = Command::new(KUBECTL)
-        .env("KUBECONFIG", &s.kubeconfig)
-        .args(["apply", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(manifest.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl apply failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::kubectl::applied(&s.kubeconfig, manifest);
 }
 
 /// `shoal plugin install --kind admission ...`; panics with the output on failure.

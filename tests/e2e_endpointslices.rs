@@ -6,6 +6,7 @@
 mod common;
 mod sim;
 
+use common::kubectl::have_kubectl;
 use common::Server;
 use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
@@ -20,30 +21,12 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const KUBECTL: &str = "/usr/bin/kubectl";
 const NS: &str = "default";
 const WEIGHTS: &str = "routing.shoal.dev/weights";
 
-fn have_kubectl() -> bool {
-    if std::path::Path::new(KUBECTL).exists() {
-        return true;
-    }
-    eprintln!("SKIP: {KUBECTL} is not installed; this test drives the real kubectl");
-    false
-}
-
+/// kubectl that must succeed: its stdout.
 fn kubectl(s: &Server, args: &[&str]) -> String {
-    let out = Command::new(KUBECTL)
-        .env("KUBECONFIG", &s.kubeconfig)
-        .args(args)
-        .output()
-        .expect("run kubectl");
-    assert!(
-        out.status.success(),
-        "kubectl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::kubectl::ok(&s.kubeconfig, args).0
 }
 
 fn shoal(s: &Server, args: &[&str]) -> (bool, String, String) {

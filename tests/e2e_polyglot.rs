@@ -12,9 +12,8 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -442,27 +441,9 @@ fn deny_privileged_javascript_reviews() {
     assert!(!inst.is_poisoned());
 }
 
-const KUBECTL: &str = "/usr/bin/kubectl";
-
 /// Runs kubectl, optionally with `stdin`; returns (success, stdout, stderr).
 fn kubectl(s: &Server, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-    let mut child = Command::new(KUBECTL)
-        .env("KUBECONFIG", &s.kubeconfig)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run kubectl");
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
-    drop(input);
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::kubectl::run(&s.kubeconfig, args, stdin)
 }
 
 /// `kubectl apply -f -` of `manifest`, which must succeed; returns stderr.
@@ -548,8 +529,7 @@ fn labelled_pod(name: &str, labels: &str, security: &str) -> String {
 
 #[test]
 fn polyglot_plugins_through_the_server_and_kubectl() {
-    if !Path::new(KUBECTL).exists() {
-        eprintln!("SKIP: {KUBECTL} is not installed; this test drives the real kubectl");
+    if !common::kubectl::have_kubectl() {
         return;
     }
     let (Some(labels_wasm), Some(privileged_wasm)) =

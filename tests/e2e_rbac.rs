@@ -9,63 +9,28 @@
 
 mod common;
 
+use common::kubectl::run;
 use common::Server;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
 
-fn run(kc: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut cmd = Command::new("kubectl");
-    cmd.arg("--kubeconfig").arg(kc).args(args);
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("run kubectl");
-    if let Some(input) = stdin {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    }
-    child.wait_with_output().unwrap()
-}
-
 fn ok(kc: &Path, args: &[&str]) -> String {
-    let out = run(kc, args, None);
-    assert!(
-        out.status.success(),
-        "kubectl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::kubectl::ok(kc, args).0
 }
 
 fn apply(kc: &Path, yaml: &str) {
-    let out = run(kc, &["apply", "-f", "-"], Some(yaml));
-    assert!(
-        out.status.success(),
-        "apply failed: {}\n{yaml}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::kubectl::applied(kc, yaml);
 }
 
 /// Run kubectl expecting a 403; returns stderr.
 fn forbidden(kc: &Path, args: &[&str], stdin: Option<&str>) -> String {
-    let out = run(kc, args, stdin);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let (good, out, err) = run(kc, args, stdin);
     assert!(
-        !out.status.success() && (err.contains("(Forbidden)") || err.contains(" is forbidden: ")),
-        "kubectl {args:?} should be forbidden; stdout {} stderr {err}",
-        String::from_utf8_lossy(&out.stdout)
+        !good && (err.contains("(Forbidden)") || err.contains(" is forbidden: ")),
+        "kubectl {args:?} should be forbidden; stdout {out} stderr {err}"
     );
     err
 }
@@ -100,26 +65,17 @@ fn node_kubeconfig(s: &Server, dir: &Path, node: &str) -> PathBuf {
 fn can_i(kc: &Path, args: &[&str]) -> bool {
     let mut all = vec!["auth", "can-i"];
     all.extend_from_slice(args);
-    let out = run(kc, &all, None);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    match out.status.code() {
-        Some(0) => {
-            assert!(stdout.starts_with("yes"), "{stdout}");
-            true
-        }
-        Some(1) => {
-            assert!(
-                stdout.starts_with("no"),
-                "can-i {args:?}: {stdout} {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            false
-        }
-        _ => panic!(
-            "can-i {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ),
+    // Exit 0 prints "yes", exit 1 "no"; anything else is an error.
+    let (good, stdout, stderr) = run(kc, &all, None);
+    if good {
+        assert!(stdout.starts_with("yes"), "{stdout}");
+    } else {
+        assert!(
+            stdout.starts_with("no"),
+            "can-i {args:?} failed: {stdout} {stderr}"
+        );
     }
+    good
 }
 
 /// Poll (RBAC objects reach the authorizer through a watch) until `f` holds.
@@ -665,8 +621,7 @@ fn real(admin: &Path, who: &[&str], args: &[&str]) -> Option<bool> {
         }
     }
     let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
-    let out = run(admin, &cmd, Some("{}"));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (_, _, err) = run(admin, &cmd, Some("{}"));
     Some(!err.contains("(Forbidden)") && !err.contains("is forbidden"))
 }
 
@@ -748,8 +703,8 @@ fn can_i_agrees_with_the_server() {
         ],
         Some(sar),
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    let (_, stdout, stderr) = out;
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|_| panic!("{stderr}"));
     assert_eq!(v["status"]["allowed"], true, "{v}");
     assert!(
         v["status"]["reason"]
@@ -790,12 +745,8 @@ fn nodes_modify_only_themselves() {
     let admin = s.kubeconfig.clone();
     let n1 = node_kubeconfig(&s, tmp.path(), "n1");
     let node = |name: &str| format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n");
-    let out = run(&n1, &["create", "-f", "-"], Some(&node("n1")));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (good, _, err) = run(&n1, &["create", "-f", "-"], Some(&node("n1")));
+    assert!(good, "{err}");
     apply(&admin, &node("n2"));
     // Another node: not created, modified, labelled, deleted, nor its status.
     let err = forbidden(&n1, &["create", "-f", "-"], Some(&node("n3")));
@@ -841,12 +792,8 @@ fn nodes_modify_only_themselves() {
     let lease = |name: &str| {
         format!("apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata:\n  name: {name}\n  namespace: kube-node-lease\nspec:\n  holderIdentity: {name}\n")
     };
-    let out = run(&n1, &["create", "-f", "-"], Some(&lease("n1")));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (good, _, err) = run(&n1, &["create", "-f", "-"], Some(&lease("n1")));
+    assert!(good, "{err}");
     forbidden(&n1, &["create", "-f", "-"], Some(&lease("n2")));
     // Secrets: only those referenced by pods bound to it.
     ok(&admin, &["create", "namespace", "app"]);

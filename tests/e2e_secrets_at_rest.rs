@@ -6,16 +6,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use base64::Engine as _;
+use common::kubectl::KUBECTL;
 use common::Server;
-
-const KUBECTL: &str = "/usr/bin/kubectl";
 
 // Distinctive values, so a match in the data dir can only be a leak.
 const PASSWORD: &str = "pw-Quokka-7f3a9c41e2";
@@ -24,48 +23,15 @@ const ROTATED: &str = "pw-Axolotl-94c2e7d05b";
 const LATER: &str = "pw-Pangolin-3e1f08a6c7";
 
 fn kubectl(s: &Server, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(KUBECTL)
-        .env("KUBECONFIG", &s.kubeconfig)
-        .args(args)
-        .output()
-        .expect("run kubectl");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::kubectl::run(&s.kubeconfig, args, None)
 }
 
 fn ok(s: &Server, args: &[&str]) -> String {
-    let (good, out, err) = kubectl(s, args);
-    assert!(
-        good,
-        "kubectl {args:?} failed:\nstdout: {out}\nstderr: {err}"
-    );
-    out
+    common::kubectl::ok(&s.kubeconfig, args).0
 }
 
 fn apply(s: &Server, manifest: &str) {
-    let mut child = Command::new(KUBECTL)
-        .env("KUBECONFIG", &s.kubeconfig)
-        .args(["apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(manifest.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "apply failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::kubectl::applied(&s.kubeconfig, manifest);
 }
 
 fn b64(s: &str) -> String {

@@ -9,69 +9,24 @@ mod common;
 
 use common::{free_port, Server};
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::net::IpAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-const KUBECTL: &str = "/usr/bin/kubectl";
-
-fn have_kubectl() -> bool {
-    if std::path::Path::new(KUBECTL).exists() {
-        return true;
-    }
-    eprintln!("SKIP: {KUBECTL} is not installed; this test drives the real kubectl");
-    false
-}
-
-fn kubectl(s: &Server, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(KUBECTL)
-        .env("KUBECONFIG", &s.kubeconfig)
-        .args(args)
-        .output()
-        .expect("run kubectl");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::kubectl::have_kubectl;
 
 fn ok(s: &Server, args: &[&str]) -> String {
-    let (good, out, err) = kubectl(s, args);
-    assert!(
-        good,
-        "kubectl {args:?} failed:\nstdout: {out}\nstderr: {err}"
-    );
-    out
+    common::kubectl::ok(&s.kubeconfig, args).0
 }
 
 /// kubectl must fail; returns its stderr.
 fn fails(s: &Server, args: &[&str]) -> String {
-    let (good, out, err) = kubectl(s, args);
-    assert!(!good, "kubectl {args:?} should have failed:\nstdout: {out}");
-    err
+    common::kubectl::fails(&s.kubeconfig, args)
 }
 
+/// `kubectl apply -f -`: (success, stderr).
 fn apply(s: &Server, manifest: &str) -> (bool, String) {
-    let mut child = Command::new(KUBECTL)
-        .env("KUBECONFIG", &s.kubeconfig)
-        .args(["apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(manifest.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (good, _, err) = common::kubectl::apply(&s.kubeconfig, manifest);
+    (good, err)
 }
 
 fn applied(s: &Server, manifest: &str) {

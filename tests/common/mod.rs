@@ -1,6 +1,7 @@
 //! Helpers for end-to-end tests: start and stop a real `shoal server` process.
 #![allow(dead_code)]
 
+pub mod kubectl;
 pub mod lab;
 
 use std::io::{BufRead, BufReader};

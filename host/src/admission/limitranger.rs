@@ -170,37 +170,7 @@ impl Builtin for LimitRanger {
                     // run one at a time, so the larger of the two counts).
                     let (mut req, mut lim) = (Map::new(), Map::new());
                     for (total, key) in [(&mut req, "requests"), (&mut lim, "limits")] {
-                        let mut sums: std::collections::BTreeMap<String, i128> = Default::default();
-                        let mut init_max: std::collections::BTreeMap<String, i128> =
-                            Default::default();
-                        for list in ["containers", "initContainers"] {
-                            for c in obj
-                                .pointer(&format!("/spec/{list}"))
-                                .and_then(Value::as_array)
-                                .into_iter()
-                                .flatten()
-                            {
-                                for (r, v) in c
-                                    .pointer(&format!("/resources/{key}"))
-                                    .and_then(Value::as_object)
-                                    .into_iter()
-                                    .flatten()
-                                {
-                                    let n = nanos(v).unwrap_or(0);
-                                    if list == "containers" {
-                                        *sums.entry(r.clone()).or_default() += n;
-                                    } else {
-                                        let e = init_max.entry(r.clone()).or_default();
-                                        *e = (*e).max(n);
-                                    }
-                                }
-                            }
-                        }
-                        for (r, n) in init_max {
-                            let e = sums.entry(r).or_default();
-                            *e = (*e).max(n);
-                        }
-                        for (r, n) in sums {
+                        for (r, n) in super::quota::container_totals(obj, key) {
                             total.insert(r, json!(super::format_quantity(n)));
                         }
                     }

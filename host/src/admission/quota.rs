@@ -45,9 +45,10 @@ fn pod_counts(pod: &Value) -> bool {
     )
 }
 
-/// A pod's effective requests or limits: the larger of the containers' sum
-/// and any one init container, plus the pod overhead.
-fn pod_resources(pod: &Value, key: &str) -> Usage {
+/// A pod's requests or limits (`key`) over its containers: the larger of the
+/// containers' sum and any one init container (init containers run one at a
+/// time), without the pod overhead.
+pub(crate) fn container_totals(pod: &Value, key: &str) -> Usage {
     let mut sums = Usage::new();
     let mut init = Usage::new();
     for list in ["containers", "initContainers"] {
@@ -76,6 +77,13 @@ fn pod_resources(pod: &Value, key: &str) -> Usage {
         let e = sums.entry(r).or_default();
         *e = (*e).max(n);
     }
+    sums
+}
+
+/// A pod's effective requests or limits: its containers' totals plus the pod
+/// overhead.
+fn pod_resources(pod: &Value, key: &str) -> Usage {
+    let mut sums = container_totals(pod, key);
     for (r, v) in pod
         .pointer("/spec/overhead")
         .and_then(Value::as_object)

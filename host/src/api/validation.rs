@@ -329,10 +329,11 @@ pub fn default_object(info: &ResourceInfo, obj: &mut Value) {
             }
         }
         "Service" => {
-            let headless = str_at(obj, &["spec", "clusterIP"]) == Some("None");
             set_default(obj, &["spec", "type"], json!("ClusterIP"));
             set_default(obj, &["spec", "sessionAffinity"], json!("None"));
-            if !headless {
+            // Kubernetes defaults it for every type but ExternalName
+            // (headless Services included).
+            if str_at(obj, &["spec", "type"]) != Some("ExternalName") {
                 set_default(obj, &["spec", "internalTrafficPolicy"], json!("Cluster"));
             }
             for_each_mut(obj, &["spec", "ports"], |p| {
