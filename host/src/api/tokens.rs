@@ -68,6 +68,11 @@ pub async fn serve(
     let identity = req.extensions().get::<Identity>().cloned();
     let (ct, body) = read_body(state, req).await?;
     let obj = decode_body(&ct, &body)?;
+    let kind = match t.info.plural {
+        "serviceaccounts" => "TokenRequest",
+        _ => t.info.kind,
+    };
+    check_shape(&obj, kind)?;
     match t.info.plural {
         "serviceaccounts" => token_request(state, t, obj).map(|v| created(&v)),
         "tokenreviews" => token_review(state, obj).map(|v| created(&v)),
@@ -113,6 +118,28 @@ fn invalid_request(name: &str, causes: Vec<Cause>) -> ApiError {
         name: name.into(),
         causes,
     }
+}
+
+/// A body must be an object of the kind this endpoint takes, with an object
+/// (or no) `spec`: anything else is the client's mistake, a 400.
+fn check_shape(obj: &Value, kind: &str) -> ApiResult<()> {
+    if let Some(k) = obj.get("kind").and_then(Value::as_str) {
+        if k != kind {
+            return Err(ApiError::BadRequest(format!(
+                "the kind in the data ({k}) does not match the expected kind ({kind}) for this resource"
+            )));
+        }
+    }
+    let bad_spec = obj
+        .get("spec")
+        .is_some_and(|s| !s.is_object() && !s.is_null());
+    if !obj.is_object() || bad_spec {
+        return Err(ApiError::BadRequest(format!(
+            "{kind} in version \"v1\" cannot be handled as a {kind}: {} must be an object",
+            if bad_spec { "spec" } else { "the body" }
+        )));
+    }
+    Ok(())
 }
 
 fn token_request(state: &AppState, t: &Target, req: Value) -> ApiResult<Value> {
@@ -349,4 +376,21 @@ fn claimed_audiences(token: &str) -> Vec<String> {
         .and_then(|v| v.get("aud").cloned())
         .and_then(|a| serde_json::from_value(a).ok())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_shape;
+    use serde_json::json;
+
+    #[test]
+    fn bodies_of_the_wrong_shape_are_refused() {
+        assert!(check_shape(&json!({"kind": "TokenRequest", "spec": {}}), "TokenRequest").is_ok());
+        assert!(check_shape(&json!({"spec": {"token": "t"}}), "TokenReview").is_ok());
+        let e = check_shape(&json!({"kind": "X"}), "TokenRequest").unwrap_err();
+        assert!(format!("{e:?}").contains("does not match"), "{e:?}");
+        let e = check_shape(&json!({"spec": 5}), "TokenReview").unwrap_err();
+        assert!(format!("{e:?}").contains("spec must be an object"), "{e:?}");
+        assert!(check_shape(&json!([1]), "TokenRequest").is_err());
+    }
 }
