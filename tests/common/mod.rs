@@ -22,13 +22,27 @@ pub struct Server {
     pub url: String,
 }
 
-/// A free loopback port.
+/// A free loopback port, picked below the kernel's ephemeral range
+/// (32768 and up by default): a port the kernel hands out for an outgoing
+/// connection (a kubectl, an agent, a watch) can be taken again before the
+/// server binds it, so ports from `127.0.0.1:0` race with every connection
+/// the parallel tests make.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0)
+        ^ (u64::from(std::process::id()) << 20);
+    for _ in 0..1000 {
+        let n = seed.wrapping_add(NEXT.fetch_add(7919, Ordering::Relaxed));
+        let port = 20_000 + (n % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in 20000..32000");
 }
 
 impl Server {
