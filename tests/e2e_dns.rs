@@ -19,12 +19,10 @@
 
 mod common;
 
-use common::lab::{run, unsupported, wait_ready, Agents, Cluster, Lab, Proc};
+use common::lab::{unsupported, Agents, Cluster, Lab};
 use serde_json::json;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
 const NODE: &str = "node-1";
 const SERVER_V4: &str = "10.252.0.10";
 const SERVER_V6: &str = "fd99:252::10";
@@ -82,68 +80,21 @@ fn pods_resolve_services_through_the_node_local_dns() {
     lab.add_host("server", SERVER_V4, SERVER_V6);
     lab.add_host(NODE, NODE_V4, NODE_V6);
 
-    let server_dir = tmp.path().join("server");
-    let mut server = Proc(
-        lab.cmd("server", SHOAL)
-            .args(["server", "--data-dir"])
-            .arg(&server_dir)
-            .args(["--listen", &format!("{SERVER_V4}:6443")])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(
-                std::fs::File::create(tmp.path().join("server.log")).unwrap(),
-            ))
-            .spawn()
-            .unwrap(),
-    );
-    wait_ready(&mut server.0, "shoal server");
-    let cluster = Cluster {
-        kubeconfig: server_dir.join("admin.kubeconfig"),
-        lab,
-    };
-    let tar = tmp.path().join("busybox.tar");
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../examples/build-busybox-image.sh"
-    );
-    run(Command::new("bash")
-        .arg(script)
-        .arg(&tar)
-        .stdout(Stdio::null()));
-    run(cluster
-        .lab
-        .cmd("server", SHOAL)
-        .args(["image", "import", "--kubeconfig"])
-        .arg(&cluster.kubeconfig)
-        .arg(&tar));
-
-    let out = run(Command::new(SHOAL)
-        .args(["kubeconfig", "node", NODE, "--data-dir"])
-        .arg(&server_dir)
-        .args(["--server", &format!("https://{SERVER_V4}:6443")]));
-    let kc = tmp.path().join("node.kubeconfig");
-    std::fs::write(&kc, &out.stdout).unwrap();
+    let (cluster, server) = Cluster::start(lab, tmp.path(), SERVER_V4, &[]);
+    cluster.import_busybox(tmp.path());
+    cluster.node_kubeconfig(NODE, tmp.path());
     let mut agents = Agents {
         procs: Vec::new(),
         dirs: vec![tmp.path().join(NODE)],
     };
-    let mut child = cluster
-        .lab
-        .cmd(NODE, SHOAL)
-        .arg("agent")
-        .arg("--kubeconfig")
-        .arg(&kc)
-        .args(["--node-name", NODE, "--data-dir"])
-        .arg(tmp.path().join(NODE))
-        .args(["--pod-network", "bridge", "--proxy", "none"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(
-            std::fs::File::create(tmp.path().join("agent.log")).unwrap(),
-        ))
-        .spawn()
-        .unwrap();
-    wait_ready(&mut child, NODE);
-    agents.procs.push(Some(Proc(child)));
-    let agent_log = || std::fs::read_to_string(tmp.path().join("agent.log")).unwrap_or_default();
+    let agent = cluster.start_agent(
+        NODE,
+        tmp.path(),
+        &["--pod-network", "bridge", "--proxy", "none"],
+    );
+    agents.procs.push(Some(agent));
+    let agent_log =
+        || std::fs::read_to_string(tmp.path().join(format!("{NODE}.log"))).unwrap_or_default();
 
     // The node's gateways: the first address of each podCIDR.
     cluster.wait(&format!("node/{NODE}"), "jsonpath={.spec.podCIDRs[1]}", 60);

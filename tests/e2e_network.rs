@@ -19,11 +19,9 @@
 
 mod common;
 
-use common::lab::{has_flag, pod_ips, run, unsupported, wait_ready, Agents, Cluster, Lab, Proc};
+use common::lab::{has_flag, pod_ips, run, unsupported, Agents, Cluster, Lab};
 use serde_json::{json, Value};
-use std::process::{Command, Stdio};
 
-const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
 const NODES: [&str; 3] = ["node-1", "node-2", "node-3"];
 const SERVER_V4: &str = "10.250.0.10";
 const SERVER_V6: &str = "fd99:250::10";
@@ -121,84 +119,25 @@ fn pods_on_different_nodes_reach_each_other_over_ipv4_and_ipv6() {
     }
 
     // The server, in its namespace; a short grace so a dead node shows soon.
-    let server_dir = tmp.path().join("server");
-    let mut server_args: Vec<String> = vec![
-        "server".into(),
-        "--data-dir".into(),
-        server_dir.display().to_string(),
-        "--listen".into(),
-        format!("{SERVER_V4}:6443"),
-    ];
     let lifecycle = has_flag("server", "--node-monitor-grace-period");
-    if lifecycle {
-        server_args.extend(["--node-monitor-grace-period".into(), "20s".into()]);
-    }
-    let mut server = Proc(
-        lab.cmd("server", SHOAL)
-            .args(&server_args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(
-                std::fs::File::create(tmp.path().join("server.log")).unwrap(),
-            ))
-            .spawn()
-            .unwrap(),
-    );
-    wait_ready(&mut server.0, "shoal server");
-    let cluster = Cluster {
-        kubeconfig: server_dir.join("admin.kubeconfig"),
-        lab,
+    let grace: &[&str] = if lifecycle {
+        &["--node-monitor-grace-period", "20s"]
+    } else {
+        &[]
     };
+    let (cluster, server) = Cluster::start(lab, tmp.path(), SERVER_V4, grace);
 
     // The test image, built locally and imported into the server's registry.
-    let tar = tmp.path().join("busybox.tar");
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../examples/build-busybox-image.sh"
-    );
-    run(Command::new("bash")
-        .arg(script)
-        .arg(&tar)
-        .stdout(Stdio::null()));
-    run(cluster
-        .lab
-        .cmd("server", SHOAL)
-        .args(["image", "import", "--kubeconfig"])
-        .arg(&cluster.kubeconfig)
-        .arg(&tar));
+    cluster.import_busybox(tmp.path());
 
     // Three agents, each in its namespace, with node identities.
     let mut agents = Agents {
         procs: Vec::new(),
         dirs: Vec::new(),
     };
-    let start_agent = |n: &str| {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(tmp.path().join(format!("{n}.log")))
-            .unwrap();
-        let mut child = cluster
-            .lab
-            .cmd(n, SHOAL)
-            .arg("agent")
-            .arg("--kubeconfig")
-            .arg(tmp.path().join(format!("{n}.kubeconfig")))
-            .args(["--node-name", n, "--data-dir"])
-            .arg(tmp.path().join(n))
-            .args(["--pod-network", "bridge"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        wait_ready(&mut child, n);
-        Proc(child)
-    };
+    let start_agent = |n: &str| cluster.start_agent(n, tmp.path(), &["--pod-network", "bridge"]);
     for n in NODES {
-        let out = run(Command::new(SHOAL)
-            .args(["kubeconfig", "node", n, "--data-dir"])
-            .arg(&server_dir)
-            .args(["--server", &format!("https://{SERVER_V4}:6443")]));
-        std::fs::write(tmp.path().join(format!("{n}.kubeconfig")), &out.stdout).unwrap();
+        cluster.node_kubeconfig(n, tmp.path());
         agents.dirs.push(tmp.path().join(n));
         agents.procs.push(Some(start_agent(n)));
     }

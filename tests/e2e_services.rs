@@ -26,10 +26,10 @@
 
 mod common;
 
-use common::lab::{has_flag, run, unsupported, wait_ready, Agents, Cluster, Lab, Proc};
+use common::lab::{has_flag, run, unsupported, Agents, Cluster, Lab, Proc};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
@@ -255,55 +255,31 @@ fn boot() -> Test {
         lab.add_host(n, &node_v4(i), &node_v6(i));
     }
     lab.add_host("ext", "10.251.0.50", "fd99:251::50");
-    let server_dir = tmp.path().join("server");
-    let mut server = Proc(
-        lab.cmd("server", SHOAL)
-            .args(["server", "--data-dir"])
-            .arg(&server_dir)
-            .args(["--listen", &format!("{SERVER_V4}:6443")])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(
-                std::fs::File::create(tmp.path().join("server.log")).unwrap(),
-            ))
-            .spawn()
-            .unwrap(),
-    );
-    wait_ready(&mut server.0, "shoal server");
-    let cluster = Cluster {
-        kubeconfig: server_dir.join("admin.kubeconfig"),
-        lab,
-    };
+    let (cluster, server) = Cluster::start(lab, tmp.path(), SERVER_V4, &[]);
     let images = common::build_images(tmp.path(), &[]);
+    let images = images.to_str().unwrap();
     let mut agents = Agents {
         procs: Vec::new(),
         dirs: Vec::new(),
     };
     for (n, zone) in NODES {
-        let out = run(Command::new(SHOAL)
-            .args(["kubeconfig", "node", n, "--data-dir"])
-            .arg(&server_dir)
-            .args(["--server", &format!("https://{SERVER_V4}:6443")]));
-        let kc = tmp.path().join(format!("{n}.kubeconfig"));
-        std::fs::write(&kc, &out.stdout).unwrap();
-        let log = std::fs::File::create(tmp.path().join(format!("{n}.log"))).unwrap();
-        let mut child = cluster
-            .lab
-            .cmd(n, SHOAL)
-            .arg("agent")
-            .arg("--kubeconfig")
-            .arg(&kc)
-            .args(["--node-name", n, "--zone", zone, "--data-dir"])
-            .arg(tmp.path().join(n))
-            .arg("--image-dir")
-            .arg(&images)
-            .args(["--pod-network", "bridge", "--proxy", "nftables"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        wait_ready(&mut child, n);
+        cluster.node_kubeconfig(n, tmp.path());
+        let agent = cluster.start_agent(
+            n,
+            tmp.path(),
+            &[
+                "--zone",
+                zone,
+                "--image-dir",
+                images,
+                "--pod-network",
+                "bridge",
+                "--proxy",
+                "nftables",
+            ],
+        );
         agents.dirs.push(tmp.path().join(n));
-        agents.procs.push(Some(Proc(child)));
+        agents.procs.push(Some(agent));
     }
     for (n, _) in NODES {
         cluster.wait(&format!("node/{n}"), "jsonpath={.spec.podCIDRs[1]}", 60);

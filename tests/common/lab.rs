@@ -210,15 +210,110 @@ impl Drop for Agents {
     }
 }
 
+/// The `shoal` binary under test.
+const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
+
 /// The lab and the server's admin kubeconfig.
 pub struct Cluster {
     /// The namespaces.
     pub lab: Lab,
     /// Admin kubeconfig.
     pub kubeconfig: PathBuf,
+    /// The server's data directory (its CA issues node identities).
+    pub server_dir: PathBuf,
+    /// The server's URL as the agents reach it.
+    pub server_url: String,
 }
 
 impl Cluster {
+    /// Start `shoal server` in the lab's `server` host, listening on
+    /// `listen_v4:6443` with `extra` flags, its data in `dir/server` and its
+    /// log in `dir/server.log`; returns once it is ready.
+    pub fn start(lab: Lab, dir: &Path, listen_v4: &str, extra: &[&str]) -> (Cluster, Proc) {
+        let server_dir = dir.join("server");
+        let listen = format!("{listen_v4}:6443");
+        let mut server = Proc(
+            lab.cmd("server", SHOAL)
+                .args(["server", "--data-dir"])
+                .arg(&server_dir)
+                .args(["--listen", &listen])
+                .args(extra)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::from(
+                    std::fs::File::create(dir.join("server.log")).unwrap(),
+                ))
+                .spawn()
+                .unwrap(),
+        );
+        wait_ready(&mut server.0, "shoal server");
+        let cluster = Cluster {
+            kubeconfig: server_dir.join("admin.kubeconfig"),
+            server_dir,
+            server_url: format!("https://{listen}"),
+            lab,
+        };
+        (cluster, server)
+    }
+
+    /// Build the busybox test image (examples/build-busybox-image.sh) in
+    /// `dir` and import it into the server's registry.
+    pub fn import_busybox(&self, dir: &Path) {
+        let tar = dir.join("busybox.tar");
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/build-busybox-image.sh"
+        );
+        run(Command::new("bash")
+            .arg(script)
+            .arg(&tar)
+            .stdout(Stdio::null()));
+        run(self
+            .lab
+            .cmd("server", SHOAL)
+            .args(["image", "import", "--kubeconfig"])
+            .arg(&self.kubeconfig)
+            .arg(&tar));
+    }
+
+    /// Node `name`'s identity (`system:node:NAME`), issued by the server's CA
+    /// and written to `dir/<name>.kubeconfig`.
+    pub fn node_kubeconfig(&self, name: &str, dir: &Path) -> PathBuf {
+        let out = run(Command::new(SHOAL)
+            .args(["kubeconfig", "node", name, "--data-dir"])
+            .arg(&self.server_dir)
+            .args(["--server", &self.server_url]));
+        let path = dir.join(format!("{name}.kubeconfig"));
+        std::fs::write(&path, &out.stdout).unwrap();
+        path
+    }
+
+    /// Start `shoal agent` for node `name` in its host with the kubeconfig
+    /// from [`Cluster::node_kubeconfig`], its data in `dir/<name>`, its log
+    /// appended to `dir/<name>.log` (a restarted agent keeps the earlier
+    /// lines) and `extra` flags; returns once it is ready.
+    pub fn start_agent(&self, name: &str, dir: &Path, extra: &[&str]) -> Proc {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("{name}.log")))
+            .unwrap();
+        let mut child = self
+            .lab
+            .cmd(name, SHOAL)
+            .arg("agent")
+            .arg("--kubeconfig")
+            .arg(dir.join(format!("{name}.kubeconfig")))
+            .args(["--node-name", name, "--data-dir"])
+            .arg(dir.join(name))
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        wait_ready(&mut child, name);
+        Proc(child)
+    }
+
     /// kubectl (the real one) against the server, from the server's namespace.
     pub fn kubectl(&self, args: &[&str]) -> Output {
         let mut c = self.lab.cmd("server", "kubectl");
