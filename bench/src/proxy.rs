@@ -3,16 +3,19 @@
 //! For each size (default 1,000 and 10,000 services × 10 endpoints) a
 //! network namespace of its own (`shoal-bench-proxy-<pid>-<n>`, deleted
 //! afterwards) gets the agent proxy's tables, written by the real code path
-//! (`Proxier::sync`: rule generation, diff, `nft -f -` run inside the
-//! namespace through `nsenter --net`). Timed:
+//! (`Proxier::sync`: rule generation, diff, and the transaction through
+//! the agent's backend: libnftables with one context opened inside the
+//! namespace — this thread joins it with `setns` for the run — or, with
+//! `--backend cli`, `nft -f -` run through `nsenter --net`). Timed:
 //!
 //! - `full_ms`: the first sync (both tables from nothing);
 //! - `endpoint_change_ms`: one endpoint of one service replaced (median and
 //!   max of `--repeat` runs);
 //! - `new_service_ms`: one new service with its slice (median and max).
 //!
-//! Each figure is wall time from the change being known to `nft` returning.
-//! At the end the service map is listed to check every service is there.
+//! Each figure is wall time from the change being known to the transaction
+//! being committed (libnftables or `nft` returning).
+//! At the end the maps are listed to check every service and endpoint is there.
 //! Needs root, iproute2, nsenter and nftables.
 
 use anyhow::{bail, Context, Result};
@@ -20,7 +23,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::{json, Value};
 use shoal_agent::proxy::model::NodeView;
-use shoal_agent::proxy::nft::NftCommand;
+use shoal_agent::proxy::nft::{LibNft, Nft, NftCommand};
 use shoal_agent::proxy::proxier::{Proxier, Synced};
 use std::process::Command;
 use std::time::Instant;
@@ -36,6 +39,33 @@ pub struct Args {
     /// Runs of each incremental change.
     #[arg(long, default_value_t = 9)]
     repeat: usize,
+    /// How transactions reach the kernel: `lib` (libnftables, as the agent
+    /// does) or `cli` (an `nft -f -` process per transaction, its fallback).
+    #[arg(long, default_value = "lib", value_parser = ["lib", "cli"])]
+    backend: String,
+}
+
+/// This thread inside a network namespace until dropped.
+struct InNetns(std::fs::File);
+
+impl InNetns {
+    fn enter(path: &str) -> Result<InNetns> {
+        let home = std::fs::File::open("/proc/thread-self/ns/net")?;
+        let target = std::fs::File::open(path).with_context(|| format!("opening {path}"))?;
+        nix::sched::setns(&target, nix::sched::CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("setns {path}"))?;
+        Ok(InNetns(home))
+    }
+}
+
+impl Drop for InNetns {
+    fn drop(&mut self) {
+        if let Err(e) = nix::sched::setns(&self.0, nix::sched::CloneFlags::CLONE_NEWNET) {
+            // Staying in the bench namespace would send later runs' traffic there.
+            eprintln!("setns back to the original namespace: {e}");
+            std::process::exit(1);
+        }
+    }
 }
 
 /// A network namespace deleted on drop.
@@ -103,10 +133,18 @@ fn stats(mut xs: Vec<f64>) -> Value {
 
 fn one_size(n: usize, args: &Args) -> Result<Value> {
     let ns = Netns::create(format!("shoal-bench-proxy-{}-{n}", std::process::id()))?;
-    let nft = NftCommand::with_prefix(["nsenter", &format!("--net=/run/netns/{}", ns.0), "--"]);
-    if !nft.available() {
+    let cli = NftCommand::with_prefix(["nsenter", &format!("--net=/run/netns/{}", ns.0), "--"]);
+    if !cli.available() {
         bail!("nft does not run in the namespace (apt-get install nftables)");
     }
+    // Declared before the context so the context is freed first, inside.
+    let _inside;
+    let nft: Box<dyn Nft> = if args.backend == "lib" {
+        _inside = InNetns::enter(&format!("/run/netns/{}", ns.0))?;
+        Box::new(LibNft::open().map_err(|e| anyhow::anyhow!("libnftables: {e}"))?)
+    } else {
+        Box::new(cli)
+    };
     let mut p = Proxier::new(NodeView {
         name: "bench-node".into(),
         zone: Some("a".into()),
@@ -117,7 +155,7 @@ fn one_size(n: usize, args: &Args) -> Result<Value> {
         p.apply_slice(slice(i, args.endpoints, 0));
     }
     let t = Instant::now();
-    let kind = p.sync(&nft).context("full sync")?;
+    let kind = p.sync(&*nft).context("full sync")?;
     let full_ms = ms(t);
     anyhow::ensure!(kind == Synced::Full, "first sync was {kind:?}");
     eprintln!("{n} services: full sync {full_ms} ms");
@@ -127,7 +165,7 @@ fn one_size(n: usize, args: &Args) -> Result<Value> {
         let i = (r * 7727) % n;
         let t = Instant::now();
         p.apply_slice(slice(i, args.endpoints, r));
-        let kind = p.sync(&nft).context("endpoint change")?;
+        let kind = p.sync(&*nft).context("endpoint change")?;
         change.push(ms(t));
         anyhow::ensure!(kind == Synced::Changed(1), "endpoint change was {kind:?}");
     }
@@ -137,33 +175,37 @@ fn one_size(n: usize, args: &Args) -> Result<Value> {
         let t = Instant::now();
         p.apply_service(service(i));
         p.apply_slice(slice(i, args.endpoints, 0));
-        let kind = p.sync(&nft).context("new service")?;
+        let kind = p.sync(&*nft).context("new service")?;
         added.push(ms(t));
         anyhow::ensure!(kind == Synced::Changed(1), "new service was {kind:?}");
     }
-    // Every service is in the kernel's map.
-    let out = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", ns.0))
-        .args([
-            "--",
-            "nft",
-            "list",
-            "map",
-            "ip",
-            "shoal-proxy",
-            "service-ips",
-        ])
-        .output()?;
-    let listed = String::from_utf8_lossy(&out.stdout)
-        .matches("goto svc-")
-        .count();
+    // Every service, and each of its endpoints' buckets, is in the kernel's maps.
+    let list = |map: &str| -> Result<String> {
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", ns.0))
+            .args(["--", "nft", "list", "map", "ip", "shoal-proxy", map])
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let listed = list("service-ips")?.matches("goto lb-").count();
     anyhow::ensure!(
         listed == n + args.repeat,
         "service-ips has {listed} entries, expected {}",
         n + args.repeat
     );
+    let endpoints = list("service-endpoints")?;
+    // After the declaration (`typeof … : …`), one ` : ` per element.
+    let buckets = endpoints
+        .split_once("elements = {")
+        .map_or(0, |(_, els)| els.matches(" : ").count());
+    anyhow::ensure!(
+        buckets == (n + args.repeat) * args.endpoints,
+        "service-endpoints has {buckets} entries, expected {}",
+        (n + args.repeat) * args.endpoints
+    );
     eprintln!("{n} services: endpoint change {change:?} ms, new service {added:?} ms");
     Ok(json!({
+        "backend": args.backend,
         "services": n,
         "endpoints_per_service": args.endpoints,
         "full_ms": full_ms,

@@ -2,13 +2,13 @@
 //! mode: Services and EndpointSlices (all namespaces) and this node's Node
 //! are watched; a few milliseconds after a change the affected services'
 //! rules are recomputed and applied to tables of our own (`ip shoal-proxy`,
-//! `ip6 shoal-proxy`) as one `nft -f` transaction holding only what
+//! `ip6 shoal-proxy`) as one nftables transaction holding only what
 //! changed. The tables are deleted when the proxy stops cleanly.
 //!
 //! Layout: [`model`] chooses each service port's endpoints (pure);
 //! [`rules`] turns them into per-service fragments of nft text and diffs
 //! fragments (pure); [`proxier`] remembers what was applied and drives the
-//! incremental sync; [`nft`] is the kernel seam (`nft -f -`); this module
+//! incremental sync; [`nft`] is the kernel seam (libnftables, or `nft -f -`); this module
 //! runs the watches.
 
 pub mod model;
@@ -23,7 +23,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::Api;
 use model::NodeView;
-use nft::{Nft, NftCommand};
+use nft::{LibNft, Nft, NftCommand};
 use proxier::{Proxier, Synced};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -79,7 +79,8 @@ impl ProxyHandle {
 }
 
 /// Start the proxy `mode` asks for on node `node_name`, applying rules
-/// with `nft -f -` in the agent's network namespace.
+/// through libnftables (or, where it cannot be loaded, `nft -f -`) in the
+/// agent's network namespace.
 pub fn start(
     mode: ProxyMode,
     client: kube::Client,
@@ -88,12 +89,19 @@ pub fn start(
     if mode == ProxyMode::None {
         return Ok(None);
     }
-    let nft = NftCommand::default();
-    if !nft.available() {
-        return Err(ProxyError::NoNft);
-    }
+    let nft: Arc<dyn Nft> = match LibNft::open() {
+        Ok(lib) => Arc::new(lib),
+        Err(why) => {
+            let cmd = NftCommand::default();
+            if !cmd.available() {
+                return Err(ProxyError::NoNft);
+            }
+            tracing::warn!("service proxy: libnftables not usable ({why}); running `nft -f -` per change instead");
+            Arc::new(cmd)
+        }
+    };
     let (stop, stopped) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(run(client, node_name.to_string(), Arc::new(nft), stopped));
+    let task = tokio::spawn(run(client, node_name.to_string(), nft, stopped));
     Ok(Some(ProxyHandle { stop, task }))
 }
 

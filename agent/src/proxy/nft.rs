@@ -1,8 +1,18 @@
 //! The seam to the kernel: a script of nft commands applied as one
-//! transaction. The real implementation pipes it to `nft -f -` (optionally
-//! behind a prefix such as `nsenter --net=…`, for benchmarks); tests record.
+//! transaction. The agent uses [`LibNft`]: the system's libnftables (the
+//! library inside the `nft` command, from the same package), loaded at run
+//! time, with one context kept open for the agent's life. [`NftCommand`]
+//! pipes the script to `nft -f -` instead (optionally behind a prefix such
+//! as `nsenter --net=…`); it is the fallback where the library cannot be
+//! loaded. Tests record.
+//!
+//! Why the library: each `nft` process opens and closes a netlink socket,
+//! and closing it waits for the kernel to finish freeing what the last
+//! transaction deleted (an RCU grace period, ~16 ms here), so every change
+//! that replaces an element cost ≥ 16 ms plus a process start. With the
+//! socket kept open, the same transaction takes well under a millisecond.
 
-use std::ffi::OsString;
+use std::ffi::{c_char, c_int, c_void, CStr, CString, OsString};
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -102,6 +112,142 @@ impl Nft for NftCommand {
             return Err(NftError::Rejected(format!("writing the script: {e}")));
         }
         Ok(())
+    }
+}
+
+/// The libnftables entry points used (stable since nftables 0.9).
+struct LibApi {
+    ctx_free: unsafe extern "C" fn(*mut c_void),
+    run_cmd_from_buffer: unsafe extern "C" fn(*mut c_void, *const c_char) -> c_int,
+    get_error_buffer: unsafe extern "C" fn(*mut c_void) -> *const c_char,
+    get_output_buffer: unsafe extern "C" fn(*mut c_void) -> *const c_char,
+}
+
+/// A libnftables context pointer; used only under [`LibNft`]'s mutex.
+struct Ctx(*mut c_void);
+
+// SAFETY: an nft_ctx may be used from any thread, one at a time; the mutex
+// in `LibNft` serializes every use.
+#[allow(unsafe_code)]
+unsafe impl Send for Ctx {}
+
+/// nft scripts applied through libnftables, with one context (and netlink
+/// socket) for the life of this value, in the network namespace of the
+/// thread that opened it.
+pub struct LibNft {
+    api: LibApi,
+    ctx: Mutex<Ctx>,
+    // Dropped last: the function pointers above point into it.
+    _lib: libloading::Library,
+}
+
+impl std::fmt::Debug for LibNft {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LibNft")
+    }
+}
+
+#[allow(unsafe_code)]
+impl LibNft {
+    /// Load `libnftables.so.1` and open a context; errors name what is missing.
+    pub fn open() -> Result<LibNft, String> {
+        const LIB: &str = "libnftables.so.1";
+        // SAFETY: loading the system's libnftables runs no initializers with
+        // preconditions of ours.
+        let lib = unsafe { libloading::Library::new(LIB) }.map_err(|e| format!("{LIB}: {e}"))?;
+        // SAFETY: each symbol is looked up with the C signature libnftables
+        // declares for it in <nftables/libnftables.h>.
+        unsafe {
+            let ctx_new = *lib
+                .get::<unsafe extern "C" fn(u32) -> *mut c_void>(b"nft_ctx_new\0")
+                .map_err(|e| e.to_string())?;
+            let buffer_output = *lib
+                .get::<unsafe extern "C" fn(*mut c_void) -> c_int>(b"nft_ctx_buffer_output\0")
+                .map_err(|e| e.to_string())?;
+            let buffer_error = *lib
+                .get::<unsafe extern "C" fn(*mut c_void) -> c_int>(b"nft_ctx_buffer_error\0")
+                .map_err(|e| e.to_string())?;
+            let api = LibApi {
+                ctx_free: *lib.get(b"nft_ctx_free\0").map_err(|e| e.to_string())?,
+                run_cmd_from_buffer: *lib
+                    .get(b"nft_run_cmd_from_buffer\0")
+                    .map_err(|e| e.to_string())?,
+                get_error_buffer: *lib
+                    .get(b"nft_ctx_get_error_buffer\0")
+                    .map_err(|e| e.to_string())?,
+                get_output_buffer: *lib
+                    .get(b"nft_ctx_get_output_buffer\0")
+                    .map_err(|e| e.to_string())?,
+            };
+            // NFT_CTX_DEFAULT.
+            let ctx = ctx_new(0);
+            if ctx.is_null() {
+                return Err("nft_ctx_new failed".into());
+            }
+            // Capture output and errors instead of printing them.
+            if buffer_output(ctx) != 0 || buffer_error(ctx) != 0 {
+                (api.ctx_free)(ctx);
+                return Err("nft_ctx_buffer_output failed".into());
+            }
+            Ok(LibNft {
+                api,
+                ctx: Mutex::new(Ctx(ctx)),
+                _lib: lib,
+            })
+        }
+    }
+
+    /// Run `script`; its output on success, the error text on failure.
+    fn run(&self, script: &str) -> Result<String, NftError> {
+        let cmd = CString::new(script)
+            .map_err(|_| NftError::Rejected("the script holds a NUL byte".into()))?;
+        let ctx = self.ctx.lock().unwrap_or_else(|e| e.into_inner());
+        let text = |p: *const c_char| {
+            if p.is_null() {
+                String::new()
+            } else {
+                // SAFETY: libnftables returns a NUL-terminated buffer owned by
+                // the context, valid until the next call on it; copied at once.
+                unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+            }
+        };
+        // SAFETY: ctx is a live context used by this thread alone (mutex);
+        // getting the buffers also empties them for the next run.
+        let (rc, out, err) = unsafe {
+            let rc = (self.api.run_cmd_from_buffer)(ctx.0, cmd.as_ptr());
+            let out = text((self.api.get_output_buffer)(ctx.0));
+            let err = text((self.api.get_error_buffer)(ctx.0));
+            (rc, out, err)
+        };
+        if rc != 0 {
+            let short: String = err.lines().take(6).collect::<Vec<_>>().join("\n");
+            return Err(NftError::Rejected(if short.is_empty() {
+                format!("libnftables returned {rc}")
+            } else {
+                short
+            }));
+        }
+        Ok(out)
+    }
+
+    /// `nft list table <family> <name>`, for diagnostics and tests.
+    pub fn list_table(&self, family: &str, name: &str) -> Option<String> {
+        self.run(&format!("list table {family} {name}")).ok()
+    }
+}
+
+#[allow(unsafe_code)]
+impl Drop for LibNft {
+    fn drop(&mut self) {
+        let ctx = self.ctx.get_mut().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the context is live and used by nobody else (&mut self).
+        unsafe { (self.api.ctx_free)(ctx.0) };
+    }
+}
+
+impl Nft for LibNft {
+    fn apply(&self, script: &str) -> Result<(), NftError> {
+        self.run(script).map(|_| ())
     }
 }
 

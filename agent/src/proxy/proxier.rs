@@ -6,7 +6,7 @@
 
 use super::model::{self, NodeView};
 use super::nft::{Nft, NftError};
-use super::rules::{self, Fragments};
+use super::rules::{self, Fragments, SharedPlan, SharedRefs};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -35,6 +35,8 @@ pub struct Proxier {
     by_service: HashMap<String, BTreeSet<String>>,
     applied: HashMap<String, Fragments>,
     applied_node: Fragments,
+    /// Users of the shared chains and elements, as applied.
+    shared: SharedRefs,
     dirty: HashSet<String>,
     node_dirty: bool,
     full: bool,
@@ -177,37 +179,57 @@ impl Proxier {
 
     /// The script the next sync would send (without sending it), and
     /// the state to commit if it succeeds.
-    fn plan(&mut self) -> (Option<String>, Synced, Vec<(String, Fragments)>, Fragments) {
+    fn plan(&mut self) -> Plan {
         let node = rules::node_fragments(&self.pod_cidrs);
+        let empty = Fragments::default();
         if self.full {
             let computed: Vec<(String, Fragments)> = self
                 .services
                 .keys()
                 .map(|k| (k.clone(), self.fragments_for(k)))
                 .collect();
-            let script =
-                rules::full_script(std::iter::once(&node).chain(computed.iter().map(|(_, f)| f)));
-            return (Some(script), Synced::Full, computed, node);
+            let pairs: Vec<(&Fragments, &Fragments)> =
+                computed.iter().map(|(_, f)| (&empty, f)).collect();
+            let shared = SharedRefs::default().plan(&pairs);
+            let script = rules::full_script(
+                [&node, &shared.created]
+                    .into_iter()
+                    .chain(computed.iter().map(|(_, f)| f)),
+            );
+            return Plan {
+                script: Some(script),
+                kind: Synced::Full,
+                computed,
+                node,
+                shared,
+            };
         }
         let computed: Vec<(String, Fragments)> = self
             .dirty
             .iter()
             .map(|k| (k.clone(), self.fragments_for(k)))
             .collect();
-        let empty = Fragments::default();
         let mut pairs: Vec<(&Fragments, &Fragments)> = computed
             .iter()
             .map(|(k, f)| (self.applied.get(k).unwrap_or(&empty), f))
             .collect();
+        let shared = self.shared.plan(&pairs);
         pairs.push((&self.applied_node, &node));
         let changed = pairs.iter().filter(|(o, n)| o != n).count();
+        pairs.push((&shared.removed, &shared.created));
         let script = rules::diff_script(&pairs);
         let kind = if script.is_some() {
             Synced::Changed(changed)
         } else {
             Synced::Nothing
         };
-        (script, kind, computed, node)
+        Plan {
+            script,
+            kind,
+            computed,
+            node,
+            shared,
+        }
     }
 
     /// Bring the kernel's tables up to date with one transaction. On
@@ -216,29 +238,40 @@ impl Proxier {
         if !self.pending() {
             return Ok(Synced::Nothing);
         }
-        let (script, kind, computed, node) = self.plan();
-        if let Some(script) = &script {
+        let plan = self.plan();
+        if let Some(script) = &plan.script {
             if let Err(e) = nft.apply(script) {
                 self.full = true;
                 return Err(e);
             }
         }
-        if kind == Synced::Full {
+        if plan.kind == Synced::Full {
             self.applied.clear();
+            self.shared = SharedRefs::default();
         }
-        for (k, f) in computed {
+        self.shared.commit(plan.shared);
+        for (k, f) in plan.computed {
             if f == Fragments::default() {
                 self.applied.remove(&k);
             } else {
                 self.applied.insert(k, f);
             }
         }
-        self.applied_node = node;
+        self.applied_node = plan.node;
         self.dirty.clear();
         self.node_dirty = false;
         self.full = false;
-        Ok(kind)
+        Ok(plan.kind)
     }
+}
+
+/// One sync's transaction and the state it leads to.
+struct Plan {
+    script: Option<String>,
+    kind: Synced,
+    computed: Vec<(String, Fragments)>,
+    node: Fragments,
+    shared: SharedPlan,
 }
 
 #[cfg(test)]
@@ -301,12 +334,18 @@ mod tests {
         assert_eq!(p.sync(&nft).unwrap(), Synced::Changed(1));
         let s = last(&nft);
         assert!(s.contains("10.1.0.9") && !s.contains("table"), "{s}");
-        assert_eq!(
-            s.matches("flush chain").count(),
-            1,
-            "the service's chain only: {s}"
+        assert!(
+            s.contains("service-endpoints { 10.96.0.8 . tcp . 80 . 1 }") && !s.contains("chain"),
+            "the service's one changed bucket only: {s}"
         );
-
+        assert!(
+            s.contains("add element ip shoal-proxy hairpin { 10.1.0.9 . 10.1.0.9 }"),
+            "a new endpoint's hairpin element: {s}"
+        );
+        assert!(
+            !s.contains("delete element ip shoal-proxy hairpin"),
+            "10.1.0.3 still backs 49 other services: {s}"
+        );
         // The same object again: nothing to do.
         p.apply_slice(slice("s7", &["10.1.0.2", "10.1.0.9"]));
         assert_eq!(p.sync(&nft).unwrap(), Synced::Nothing);

@@ -1,27 +1,47 @@
 //! nftables rules, as text for `nft -f`, in the shape of kube-proxy's
-//! nftables mode. One table per family (`ip shoal-proxy`, `ip6
-//! shoal-proxy`) holds a fixed skeleton (base chains and the verdict maps)
-//! and, per service, a [`Fragment`]: the chains, dynamic sets and map
-//! elements that service owns. A change is applied by comparing a
-//! service's old and new fragment ([`diff_script`]), so the transaction
-//! sent to the kernel grows with what changed, not with the number of
-//! services.
+//! nftables mode but driven by data. One table per family (`ip shoal-proxy`,
+//! `ip6 shoal-proxy`) holds a fixed skeleton (base chains, verdict maps and
+//! the endpoint maps) and, per service, a [`Fragment`]: the map elements,
+//! chains and dynamic sets that service owns. A change is applied by
+//! comparing a service's old and new fragment ([`diff_script`]), so the
+//! transaction sent to the kernel grows with what changed, not with the
+//! number of services.
+//!
+//! The common case (no ClientIP affinity, `externalTrafficPolicy: Cluster`)
+//! needs no per-service chain: the weighted draw among a service port's
+//! endpoints is a table of W buckets (W = the sum of the weights, reduced by
+//! their gcd) in the `service-endpoints` map, keyed by cluster IP, protocol,
+//! port and bucket, and looked up with `numgen random mod W` from a
+//! load-balancing chain shared by every service port with the same W and
+//! protocol (`lb-tcp-10`). Such chains, and the `hairpin` set's elements, are
+//! [`Shared`]: created with their first user and deleted with their last.
+//! Keeping per-service chains (and anonymous sets) out of the table matters
+//! for speed: `nft` reads every chain and set of the table before each
+//! transaction, and the kernel scans every set to name a new anonymous one,
+//! so with a chain and an anonymous map per service a one-service change at
+//! 10,000 services took ~200 ms; with elements only it costs a few ms.
+//! Services with ClientIP affinity or `externalTrafficPolicy: Local` keep
+//! kube-proxy's per-service chains (their rules cannot be expressed as map
+//! lookups); they are expected to be few.
 //!
 //! ```text
 //! nat-prerouting / nat-output (dstnat) → services:
-//!     daddr . l4proto . dport vmap @service-ips      → goto svc-…  (cluster IP)
-//!     fib daddr type local: l4proto . dport vmap @service-nodeports → goto ext-…
-//! svc-…: masquerade-mark unless from a pod; ClientIP affinity; numgen random mod W vmap {ranges}
-//! ext-…: (Cluster) mark, goto svc-…   (Local) only this node's endpoints, no mark
-//! ep-…:  mark if hairpin (saddr == endpoint); update affinity set; dnat
+//!     daddr . l4proto . dport vmap @service-ips      → goto lb-<proto>-<W> | svc-…
+//!     fib daddr type local: l4proto . dport vmap @service-nodeports → goto nplb-<proto>-<W> | ext-…
+//! lb-…:   masquerade-mark unless from a pod; dnat to daddr . l4proto . dport . numgen random mod W map @service-endpoints
+//! nplb-…: masquerade-mark; dnat to l4proto . dport . numgen random mod W map @nodeport-endpoints
+//! svc-…:  (affinity) masquerade-mark unless from a pod; affinity lookups; numgen random mod W vmap {ranges}
+//! ext-…:  (Local) from the node itself: goto nplb-…; else only this node's endpoints, no mark
+//! ep-…:   mark if hairpin (saddr == endpoint); update affinity set; dnat
 //! filter-prerouting / filter-output (dstnat-10): new connections to a service
 //!     without endpoints → @no-endpoint-services / @no-endpoint-nodeports → reject
-//! nat-postrouting (srcnat): masquerade marked packets; pod traffic leaving the pod network
+//! nat-postrouting (srcnat): masquerade marked packets; hairpin (a DNATed
+//!     connection from an endpoint to itself, @hairpin); pod traffic leaving the pod network
 //! ```
 
 use super::model::{Endpoint, ServicePort};
 use sha2::Digest;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::net::IpAddr;
 
@@ -87,6 +107,20 @@ pub struct Fragment {
     /// Dynamic sets (ClientIP affinity) and their declaration.
     pub sets: BTreeMap<String, String>,
     /// Elements of the skeleton's maps and sets: (map, key) → value ("" for sets).
+    pub elements: BTreeMap<(&'static str, String), String>,
+    /// Objects other owners may need too; not written from here but
+    /// through [`SharedRefs`], which counts their users.
+    pub shared: Shared,
+}
+
+/// Chains and elements several owners can use at once: the load-balancing
+/// chains (one per protocol and bucket count) and the hairpin set's
+/// elements (an endpoint may back several services).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Shared {
+    /// Chain name → rules (a name always has the same rules).
+    pub chains: BTreeMap<String, Vec<String>>,
+    /// (set, key) → value ("" for sets).
     pub elements: BTreeMap<(&'static str, String), String>,
 }
 
@@ -156,6 +190,68 @@ pub fn service_fragments(ports: &[ServicePort]) -> Fragments {
     out
 }
 
+/// The most buckets a draw gets unless it has more endpoints than that;
+/// larger weight sums are scaled down to it (each endpoint keeps ≥ 1).
+const MAX_BUCKETS: u64 = 4096;
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// The bucket table of a weighted draw among `eps`: entry `b` is the
+/// endpoint `numgen random mod len` = b picks. Weights are reduced by their
+/// gcd (so ten equal endpoints take ten buckets) and scaled down past
+/// [`MAX_BUCKETS`]. Empty when no endpoint takes new connections.
+fn buckets(eps: &[Endpoint]) -> Vec<&Endpoint> {
+    let live: Vec<&Endpoint> = eps.iter().filter(|e| e.weight > 0).collect();
+    let g = live.iter().fold(0, |g, e| gcd(g, u64::from(e.weight)));
+    if g == 0 {
+        return Vec::new();
+    }
+    let total: u64 = live.iter().map(|e| u64::from(e.weight) / g).sum();
+    let cap = MAX_BUCKETS.max(live.len() as u64);
+    let mut out = Vec::new();
+    for e in live {
+        let w = u64::from(e.weight) / g;
+        let n = if total > cap {
+            (w * cap / total).max(1)
+        } else {
+            w
+        };
+        out.extend(std::iter::repeat_n(e, n as usize));
+    }
+    out
+}
+
+/// The shared chain that draws among a service port's buckets (cluster IP
+/// path), or among a NodePort's (`nodeport`).
+fn lb_chain(fam: Family, proto: &str, total: usize, nodeport: bool, shared: &mut Shared) -> String {
+    let kw = fam.kw();
+    let (name, rules) = if nodeport {
+        (
+            format!("nplb-{proto}-{total}"),
+            vec![
+                "jump mark-for-masquerade".to_string(),
+                format!("meta l4proto {proto} dnat {kw} to meta l4proto . th dport . numgen random mod {total} map @nodeport-endpoints"),
+            ],
+        )
+    } else {
+        (
+            format!("lb-{proto}-{total}"),
+            vec![
+                format!("{kw} saddr != @pod-cidrs jump mark-for-masquerade"),
+                format!("meta l4proto {proto} dnat {kw} to {kw} daddr . meta l4proto . th dport . numgen random mod {total} map @service-endpoints"),
+            ],
+        )
+    };
+    shared.chains.insert(name.clone(), rules);
+    name
+}
+
 fn port_fragment(sp: &ServicePort, fam: Family, f: &mut Fragment) {
     let ips: Vec<&IpAddr> = sp
         .cluster_ips
@@ -165,12 +261,6 @@ fn port_fragment(sp: &ServicePort, fam: Family, f: &mut Fragment) {
     if ips.is_empty() {
         return;
     }
-    let kw = fam.kw();
-    let proto = sp.protocol.nft();
-    let h = hash(&sp.id);
-    let tag = ident(&sp.id);
-    let svc_chain = format!("svc-{h}-{tag}");
-    let ext_chain = format!("ext-{h}-{tag}");
     let in_fam = |eps: &[Endpoint]| -> Vec<Endpoint> {
         eps.iter()
             .filter(|e| Family::of(&e.addr) == fam)
@@ -179,15 +269,134 @@ fn port_fragment(sp: &ServicePort, fam: Family, f: &mut Fragment) {
     };
     let cluster = in_fam(&sp.cluster_endpoints);
     let local = in_fam(&sp.local_endpoints);
-    // Endpoint chain (and affinity set) names, shared by the cluster and external paths.
-    let names = |e: &Endpoint| {
+    if sp.affinity_timeout.is_some() {
+        return chained_port_fragment(sp, fam, &ips, &cluster, &local, f);
+    }
+    let proto = sp.protocol.nft();
+    let table = buckets(&cluster);
+    let has_cluster = !table.is_empty();
+    if has_cluster {
+        let lb = lb_chain(fam, proto, table.len(), false, &mut f.shared);
+        for ip in &ips {
+            let key = format!("{ip} . {proto} . {}", sp.port);
+            f.elements
+                .insert(("service-ips", key.clone()), format!("goto {lb}"));
+            for (b, e) in table.iter().enumerate() {
+                f.elements.insert(
+                    ("service-endpoints", format!("{key} . {b}")),
+                    format!("{} . {}", e.addr, e.port),
+                );
+            }
+        }
+        for e in &table {
+            // Hairpin: a backend reaching its own service may be sent to
+            // itself; its reply must come back through us.
+            f.shared
+                .elements
+                .insert(("hairpin", format!("{0} . {0}", e.addr)), String::new());
+        }
+    } else {
+        no_endpoints(sp, &ips, f);
+    }
+    let Some(np) = sp.node_port else { return };
+    let key = format!("{proto} . {np}");
+    if has_cluster {
+        for (b, e) in table.iter().enumerate() {
+            f.elements.insert(
+                ("nodeport-endpoints", format!("{key} . {b}")),
+                format!("{} . {}", e.addr, e.port),
+            );
+        }
+    }
+    if !sp.external_local {
+        if has_cluster {
+            let lb = lb_chain(fam, proto, table.len(), true, &mut f.shared);
+            f.elements
+                .insert(("service-nodeports", key), format!("goto {lb}"));
+        } else {
+            f.elements
+                .insert(("no-endpoint-nodeports", key), "goto reject-chain".into());
+        }
+        return;
+    }
+    // externalTrafficPolicy: Local: only this node's endpoints, without
+    // masquerade; traffic from the node itself still goes anywhere.
+    let ext_chain = format!("ext-{}-{}", hash(&sp.id), ident(&sp.id));
+    let mut ext_rules = Vec::new();
+    if has_cluster {
+        let lb = lb_chain(fam, proto, table.len(), true, &mut f.shared);
+        ext_rules.push(format!("fib saddr type local goto {lb}"));
+    }
+    if draw_rules(fam, proto, &local, &mut ext_rules) {
+        f.chains.insert(ext_chain.clone(), ext_rules);
+        f.elements
+            .insert(("service-nodeports", key), format!("goto {ext_chain}"));
+    } else {
+        f.elements
+            .insert(("no-endpoint-nodeports", key), "drop".into());
+    }
+}
+
+/// kube-proxy: no endpoints at all → reject; none local under a Local
+/// policy → drop.
+fn no_endpoints(sp: &ServicePort, ips: &[&IpAddr], f: &mut Fragment) {
+    let verdict = if sp.internal_local {
+        "drop"
+    } else {
+        "goto reject-chain"
+    };
+    for ip in ips {
+        let key = format!("{ip} . {} . {}", sp.protocol.nft(), sp.port);
+        f.elements
+            .insert(("no-endpoint-services", key), verdict.into());
+    }
+}
+
+/// Rules for a weighted draw among `eps` inside a per-service chain:
+/// hairpin marks by source, then one DNAT through an anonymous `map`.
+/// False when nobody takes new connections.
+fn draw_rules(fam: Family, proto: &str, eps: &[Endpoint], rules: &mut Vec<String>) -> bool {
+    let kw = fam.kw();
+    let targets: Vec<(&Endpoint, String)> = eps
+        .iter()
+        .map(|e| (e, format!("{} . {}", e.addr, e.port)))
+        .collect();
+    let Some((total, ranges)) = draw(&targets) else {
+        return false;
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for e in eps.iter().filter(|e| e.weight > 0) {
+        if seen.insert(e.addr) {
+            rules.push(format!("{kw} saddr {} jump mark-for-masquerade", e.addr));
+        }
+    }
+    rules.push(format!(
+        "meta l4proto {proto} dnat {kw} to numgen random mod {total} map {{ {ranges} }}"
+    ));
+    true
+}
+
+/// A service port with ClientIP affinity, in kube-proxy's shape: a chain
+/// per endpoint (affinity set, hairpin mark, DNAT), and a service chain
+/// with the affinity lookups, then a weighted `vmap` draw among them.
+fn chained_port_fragment(
+    sp: &ServicePort,
+    fam: Family,
+    ips: &[&IpAddr],
+    cluster: &[Endpoint],
+    local: &[Endpoint],
+    f: &mut Fragment,
+) {
+    let kw = fam.kw();
+    let proto = sp.protocol.nft();
+    let h = hash(&sp.id);
+    let tag = ident(&sp.id);
+    let svc_chain = format!("svc-{h}-{tag}");
+    let ext_chain = format!("ext-{h}-{tag}");
+    let endpoint_chain = |f: &mut Fragment, e: &Endpoint| -> (String, Option<String>) {
         let eh = hash(&format!("{}|{}", sp.id, addr_port(e)));
         let chain = format!("ep-{eh}-{tag}__{}/{}", ident(&e.addr.to_string()), e.port);
         let set = sp.affinity_timeout.map(|t| format!("aff-{eh}-{t}"));
-        (chain, set)
-    };
-    let endpoint_chain = |f: &mut Fragment, e: &Endpoint| -> (String, Option<String>) {
-        let (chain, set) = names(e);
         if !f.chains.contains_key(&chain) {
             let mut rules = vec![format!("{kw} saddr {} jump mark-for-masquerade", e.addr)];
             if let (Some(set), Some(t)) = (&set, sp.affinity_timeout) {
@@ -205,38 +414,7 @@ fn port_fragment(sp: &ServicePort, fam: Family, f: &mut Fragment) {
         }
         (chain, set)
     };
-    // The rules that pick one of `eps`: affinity first, then the weighted draw.
-    // The rules that pick one of `eps`. With ClientIP affinity, kube-proxy's
-    // shape: a chain per endpoint (affinity set, hairpin mark, DNAT), the
-    // affinity lookups, then a weighted `vmap` draw among the chains.
-    // Without, no per-endpoint chains: hairpin marks by source and one DNAT
-    // through a weighted `map` draw, so the table has one chain per service
-    // port (nft reads every chain of the table on each run; see docs).
     let pick = |f: &mut Fragment, eps: &[Endpoint], rules: &mut Vec<String>| -> bool {
-        if sp.affinity_timeout.is_none() {
-            let targets: Vec<(&Endpoint, String)> = eps
-                .iter()
-                .map(|e| {
-                    let a = e.addr.to_string();
-                    (e, format!("{a} . {}", e.port))
-                })
-                .collect();
-            let Some((total, ranges)) = draw(&targets) else {
-                return false;
-            };
-            let mut seen = std::collections::BTreeSet::new();
-            for e in eps.iter().filter(|e| e.weight > 0) {
-                if seen.insert(e.addr) {
-                    // Hairpin: a backend reaching its own service may be
-                    // sent to itself; its reply must come back through us.
-                    rules.push(format!("{kw} saddr {} jump mark-for-masquerade", e.addr));
-                }
-            }
-            rules.push(format!(
-                "meta l4proto {proto} dnat {kw} to numgen random mod {total} map {{ {ranges} }}"
-            ));
-            return true;
-        }
         let named: Vec<(&Endpoint, String, Option<String>)> = eps
             .iter()
             .map(|e| {
@@ -261,26 +439,16 @@ fn port_fragment(sp: &ServicePort, fam: Family, f: &mut Fragment) {
     };
 
     let mut svc_rules = vec![format!("{kw} saddr != @pod-cidrs jump mark-for-masquerade")];
-    let has_cluster = pick(f, &cluster, &mut svc_rules);
+    let has_cluster = pick(f, cluster, &mut svc_rules);
     if has_cluster {
         f.chains.insert(svc_chain.clone(), svc_rules);
-    }
-    for ip in &ips {
-        let key = format!("{ip} . {proto} . {}", sp.port);
-        if has_cluster {
+        for ip in ips {
+            let key = format!("{ip} . {proto} . {}", sp.port);
             f.elements
                 .insert(("service-ips", key), format!("goto {svc_chain}"));
-        } else {
-            // kube-proxy: no endpoints at all → reject; none local under a
-            // Local policy → drop.
-            let verdict = if sp.internal_local {
-                "drop"
-            } else {
-                "goto reject-chain"
-            };
-            f.elements
-                .insert(("no-endpoint-services", key), verdict.into());
         }
+    } else {
+        no_endpoints(sp, ips, f);
     }
     let Some(np) = sp.node_port else { return };
     let key = format!("{proto} . {np}");
@@ -291,7 +459,7 @@ fn port_fragment(sp: &ServicePort, fam: Family, f: &mut Fragment) {
             ext_rules.push("fib saddr type local jump mark-for-masquerade".to_string());
             ext_rules.push(format!("fib saddr type local goto {svc_chain}"));
         }
-        pick(f, &local, &mut ext_rules)
+        pick(f, local, &mut ext_rules)
     } else if has_cluster {
         ext_rules.push("jump mark-for-masquerade".into());
         ext_rules.push(format!("goto {svc_chain}"));
@@ -341,6 +509,9 @@ fn skeleton(fam: Family) -> String {
   map service-nodeports {{ type inet_proto . inet_service : verdict; }}
   map no-endpoint-services {{ type {t} . inet_proto . inet_service : verdict; }}
   map no-endpoint-nodeports {{ type inet_proto . inet_service : verdict; }}
+  map service-endpoints {{ typeof {kw} daddr . meta l4proto . th dport . numgen random mod 1 : {kw} daddr . th dport; }}
+  map nodeport-endpoints {{ typeof meta l4proto . th dport . numgen random mod 1 : {kw} daddr . th dport; }}
+  set hairpin {{ type {t} . {t}; }}
   chain mark-for-masquerade {{ meta mark set meta mark | {MASQ_MARK}; }}
   chain masquerading {{
     meta mark & {MASQ_MARK} == 0 return
@@ -361,6 +532,7 @@ fn skeleton(fam: Family) -> String {
   chain nat-postrouting {{
     type nat hook postrouting priority 100; policy accept;
     jump masquerading
+    ct status dnat {kw} saddr . {kw} daddr @hairpin masquerade fully-random
     {kw} saddr @pod-cidrs {kw} daddr != @pod-cidrs masquerade fully-random
   }}
   chain filter-prerouting {{ type filter hook prerouting priority -110; policy accept; ct state new jump endpoints-check; }}
@@ -370,14 +542,30 @@ fn skeleton(fam: Family) -> String {
     )
 }
 
-fn element(out: &mut String, verb: &str, fam: Family, map: &str, key: &str, value: Option<&str>) {
-    let kw = fam.kw();
-    let _ = match value {
-        Some(v) if !v.is_empty() => {
-            writeln!(out, "{verb} element {kw} {TABLE} {map} {{ {key} : {v} }}")
+/// Most elements in one `add element`/`delete element` command.
+const ELEMENTS_PER_COMMAND: usize = 2048;
+
+/// Element commands, one per (family, map) and verb, keyed for a stable order.
+type ElementBatch<'a> = BTreeMap<(usize, &'static str), Vec<(&'a str, &'a str)>>;
+
+fn write_elements(out: &mut String, verb: &str, batch: &ElementBatch<'_>) {
+    for ((fam, map), items) in batch {
+        let kw = Family::BOTH[*fam].kw();
+        for chunk in items.chunks(ELEMENTS_PER_COMMAND) {
+            let _ = write!(out, "{verb} element {kw} {TABLE} {map} {{ ");
+            for (i, (key, value)) in chunk.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                out.push_str(key);
+                if !value.is_empty() {
+                    out.push_str(" : ");
+                    out.push_str(value);
+                }
+            }
+            out.push_str(" }\n");
         }
-        _ => writeln!(out, "{verb} element {kw} {TABLE} {map} {{ {key} }}"),
-    };
+    }
 }
 
 /// One transaction that replaces both tables with the skeleton plus `fragments`.
@@ -413,6 +601,116 @@ pub fn diff_script(changes: &[(&Fragments, &Fragments)]) -> Option<String> {
     let mut out = String::new();
     write_changes(&mut out, &changes);
     Some(out)
+}
+
+/// How many applied owners use each [`Shared`] object, per family.
+#[derive(Debug, Default)]
+pub struct SharedRefs {
+    chains: [HashMap<String, usize>; 2],
+    elements: [HashMap<(&'static str, String), usize>; 2],
+}
+
+/// What a set of owner changes does to the shared objects.
+#[derive(Debug, Default)]
+pub struct SharedPlan {
+    /// Objects whose last user goes, as a fragment to remove.
+    pub removed: Fragments,
+    /// Objects that get their first user, as a fragment to add.
+    pub created: Fragments,
+    chain_deltas: [HashMap<String, isize>; 2],
+    element_deltas: [HashMap<(&'static str, String), isize>; 2],
+}
+
+impl SharedRefs {
+    /// The shared objects to create and remove for `changes` (old, new
+    /// fragment pairs), given the users counted so far.
+    pub fn plan(&self, changes: &[(&Fragments, &Fragments)]) -> SharedPlan {
+        type Delta<'a, K, V> = HashMap<K, (isize, &'a V)>;
+        let mut chains: [Delta<'_, String, Vec<String>>; 2] = Default::default();
+        let mut elements: [Delta<'_, (&'static str, String), String>; 2] = Default::default();
+        for (o, n) in changes {
+            for fam in Family::BOTH {
+                let i = fam.index();
+                let (o, n) = (&o[i].shared, &n[i].shared);
+                if o == n {
+                    continue;
+                }
+                for (name, rules) in &n.chains {
+                    if !o.chains.contains_key(name) {
+                        chains[i].entry(name.clone()).or_insert((0, rules)).0 += 1;
+                    }
+                }
+                for (name, rules) in &o.chains {
+                    if !n.chains.contains_key(name) {
+                        chains[i].entry(name.clone()).or_insert((0, rules)).0 -= 1;
+                    }
+                }
+                for (key, v) in &n.elements {
+                    if !o.elements.contains_key(key) {
+                        elements[i].entry(key.clone()).or_insert((0, v)).0 += 1;
+                    }
+                }
+                for (key, v) in &o.elements {
+                    if !n.elements.contains_key(key) {
+                        elements[i].entry(key.clone()).or_insert((0, v)).0 -= 1;
+                    }
+                }
+            }
+        }
+        let mut plan = SharedPlan::default();
+        for i in 0..2 {
+            for (name, (d, rules)) in std::mem::take(&mut chains[i]) {
+                let before = self.chains[i].get(&name).copied().unwrap_or(0) as isize;
+                match (before, before + d) {
+                    (0, after) if after > 0 => {
+                        plan.created[i].chains.insert(name.clone(), rules.clone());
+                    }
+                    (b, 0) if b > 0 => {
+                        plan.removed[i].chains.insert(name.clone(), rules.clone());
+                    }
+                    _ => {}
+                }
+                plan.chain_deltas[i].insert(name, d);
+            }
+            for (key, (d, v)) in std::mem::take(&mut elements[i]) {
+                let before = self.elements[i].get(&key).copied().unwrap_or(0) as isize;
+                match (before, before + d) {
+                    (0, after) if after > 0 => {
+                        plan.created[i].elements.insert(key.clone(), v.clone());
+                    }
+                    (b, 0) if b > 0 => {
+                        plan.removed[i].elements.insert(key.clone(), v.clone());
+                    }
+                    _ => {}
+                }
+                plan.element_deltas[i].insert(key, d);
+            }
+        }
+        plan
+    }
+
+    /// Count the users as `plan` changed them (after its transaction applied).
+    pub fn commit(&mut self, plan: SharedPlan) {
+        fn apply<K: std::hash::Hash + Eq>(
+            counts: &mut HashMap<K, usize>,
+            deltas: HashMap<K, isize>,
+        ) {
+            for (k, d) in deltas {
+                let n = counts.get(&k).copied().unwrap_or(0) as isize + d;
+                if n > 0 {
+                    counts.insert(k, n as usize);
+                } else {
+                    counts.remove(&k);
+                }
+            }
+        }
+        let [c0, c1] = plan.chain_deltas;
+        let [e0, e1] = plan.element_deltas;
+        apply(&mut self.chains[0], c0);
+        apply(&mut self.chains[1], c1);
+        apply(&mut self.elements[0], e0);
+        apply(&mut self.elements[1], e1);
+    }
 }
 
 /// Phases keep references valid inside the transaction: sets and chains
@@ -457,21 +755,35 @@ fn write_changes(out: &mut String, changes: &[[(&Fragment, &Fragment); 2]]) {
             }
         }
     });
-    // 3. Map and set elements: removed and changed out, new and changed in.
-    each(&mut |fam, o, n| {
-        for ((map, key), v) in &o.elements {
-            if n.elements.get(&(*map, key.clone())) != Some(v) {
-                element(out, "delete", fam, map, key, None);
+    // 3. Map and set elements: removed and changed out, new and changed in,
+    //    batched per map.
+    let mut gone: ElementBatch<'_> = BTreeMap::new();
+    let mut added: ElementBatch<'_> = BTreeMap::new();
+    for c in changes {
+        for fam in Family::BOTH {
+            let (o, n) = c[fam.index()];
+            if o == n {
+                continue;
+            }
+            for ((map, key), v) in &o.elements {
+                if n.elements.get(&(*map, key.clone())) != Some(v) {
+                    gone.entry((fam.index(), *map))
+                        .or_default()
+                        .push((key.as_str(), ""));
+                }
+            }
+            for ((map, key), v) in &n.elements {
+                if o.elements.get(&(*map, key.clone())) != Some(v) {
+                    added
+                        .entry((fam.index(), *map))
+                        .or_default()
+                        .push((key.as_str(), v.as_str()));
+                }
             }
         }
-    });
-    each(&mut |fam, o, n| {
-        for ((map, key), v) in &n.elements {
-            if o.elements.get(&(*map, key.clone())) != Some(v) {
-                element(out, "add", fam, map, key, Some(v));
-            }
-        }
-    });
+    }
+    write_elements(out, "delete", &gone);
+    write_elements(out, "add", &added);
     // 4. Chains and sets nobody points at any more.
     each(&mut |fam, o, n| {
         for name in o.chains.keys() {
@@ -536,6 +848,14 @@ mod tests {
             .1
     }
 
+    fn endpoints_of<'a>(f: &'a Fragment, key: &str) -> Vec<&'a str> {
+        f.elements
+            .range(("service-endpoints", format!("{key} . "))..)
+            .take_while(|((m, k), _)| *m == "service-endpoints" && k.starts_with(key))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
     #[test]
     fn weighted_draw_and_both_families() {
         let f = service_fragments(&[sp(
@@ -547,33 +867,69 @@ mod tests {
             ],
             None,
         )]);
-        let rules = svc_chain(&f[0]);
-        assert_eq!(rules[0], "ip saddr != @pod-cidrs jump mark-for-masquerade");
-        assert_eq!(
-            rules[1], "ip saddr 10.1.0.2 jump mark-for-masquerade",
-            "hairpin"
-        );
-        assert_eq!(rules[2], "ip saddr 10.1.0.3 jump mark-for-masquerade");
-        assert_eq!(
-            rules[3],
-            "meta l4proto tcp dnat ip to numgen random mod 10 map { 0-8 : 10.1.0.2 . 8080, 9 : 10.1.0.3 . 8080 }",
-            "weight 0 gets no share"
-        );
-        assert_eq!(rules.len(), 4);
-        assert_eq!(
-            f[0].chains.len(),
-            1,
-            "no per-endpoint chains without affinity"
-        );
         let key = ("service-ips", "10.96.0.10 . tcp . 80".to_string());
-        assert!(f[0].elements[&key].starts_with("goto svc-"));
-        // The IPv6 cluster IP and endpoint go to the ip6 table only.
-        let rules6 = svc_chain(&f[1]);
-        assert!(rules6[0].starts_with("ip6 saddr != @pod-cidrs"));
+        assert_eq!(f[0].elements[&key], "goto lb-tcp-10");
+        assert!(f[0].chains.is_empty(), "no per-service chains: {f:?}");
+        // Ten buckets: nine to .2, one to .3, none to the weight-0 endpoint.
+        let buckets = endpoints_of(&f[0], "10.96.0.10 . tcp . 80");
+        assert_eq!(buckets.len(), 10, "{buckets:?}");
         assert_eq!(
-            rules6[2],
-            "meta l4proto tcp dnat ip6 to numgen random mod 1 map { 0 : fd00:1::2 . 8080 }"
+            buckets.iter().filter(|v| **v == "10.1.0.2 . 8080").count(),
+            9
         );
+        assert_eq!(
+            f[0].elements[&("service-endpoints", "10.96.0.10 . tcp . 80 . 9".into())],
+            "10.1.0.3 . 8080"
+        );
+        assert_eq!(
+            f[0].shared.chains["lb-tcp-10"],
+            [
+                "ip saddr != @pod-cidrs jump mark-for-masquerade",
+                "meta l4proto tcp dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 10 map @service-endpoints",
+            ]
+        );
+        let hairpin: Vec<&str> = f[0]
+            .shared
+            .elements
+            .keys()
+            .map(|(_, k)| k.as_str())
+            .collect();
+        assert_eq!(hairpin, ["10.1.0.2 . 10.1.0.2", "10.1.0.3 . 10.1.0.3"]);
+        // The IPv6 cluster IP and endpoint go to the ip6 table only.
+        assert_eq!(
+            f[1].elements[&("service-ips", "fd00:96::10 . tcp . 80".into())],
+            "goto lb-tcp-1"
+        );
+        assert_eq!(
+            endpoints_of(&f[1], "fd00:96::10 . tcp . 80"),
+            ["fd00:1::2 . 8080"]
+        );
+        assert!(
+            f[1].shared.chains["lb-tcp-1"][1].starts_with("meta l4proto tcp dnat ip6 to ip6 daddr")
+        );
+    }
+
+    #[test]
+    fn buckets_reduce_and_cap_weights() {
+        let eps = |ws: &[u32]| -> Vec<Endpoint> {
+            ws.iter()
+                .enumerate()
+                .map(|(i, w)| Endpoint {
+                    addr: format!("10.1.{}.{}", i / 256, i % 256).parse().unwrap(),
+                    port: 80,
+                    weight: *w,
+                })
+                .collect()
+        };
+        assert_eq!(buckets(&eps(&[90, 10])).len(), 10, "gcd 10");
+        assert_eq!(buckets(&eps(&[5, 5, 5])).len(), 3);
+        assert!(buckets(&eps(&[0, 0])).is_empty());
+        let big = eps(&[100_000, 1]);
+        let b = buckets(&big);
+        assert_eq!(b.len(), 4096, "scaled to the cap, each keeps one");
+        assert_eq!(b.iter().filter(|e| e.weight == 1).count(), 1);
+        // More endpoints than the cap: one bucket each.
+        assert_eq!(buckets(&eps(&vec![1; 5000])).len(), 5000);
     }
 
     #[test]
@@ -597,20 +953,45 @@ mod tests {
     #[test]
     fn nodeport_cluster_and_local_policies() {
         let f = service_fragments(&[sp(&[("10.1.0.2", 1)], Some(30080))]);
-        let np = &f[0].elements[&("service-nodeports", "tcp . 30080".into())];
-        let ext = &f[0].chains[np.strip_prefix("goto ").unwrap()];
-        assert_eq!(ext[0], "jump mark-for-masquerade");
+        assert_eq!(
+            f[0].elements[&("service-nodeports", "tcp . 30080".into())],
+            "goto nplb-tcp-1"
+        );
+        assert_eq!(
+            f[0].elements[&("nodeport-endpoints", "tcp . 30080 . 0".into())],
+            "10.1.0.2 . 8080"
+        );
+        assert_eq!(
+            f[0].shared.chains["nplb-tcp-1"][0],
+            "jump mark-for-masquerade"
+        );
         let mut p = sp(&[("10.1.0.2", 1), ("10.1.0.3", 1)], Some(30080));
         p.external_local = true;
         p.local_endpoints.truncate(1);
         let f = service_fragments(&[p]);
         let np = &f[0].elements[&("service-nodeports", "tcp . 30080".into())];
         let ext = &f[0].chains[np.strip_prefix("goto ").unwrap()];
-        assert!(ext.iter().all(|r| !r.starts_with("jump mark")), "{ext:?}");
+        assert_eq!(
+            ext[0], "fib saddr type local goto nplb-tcp-2",
+            "from the node itself: any endpoint, masqueraded"
+        );
+        assert!(
+            ext[1..].iter().all(|r| !r.starts_with("jump mark")),
+            "{ext:?}"
+        );
         assert_eq!(
             ext.last().unwrap(),
             "meta l4proto tcp dnat ip to numgen random mod 1 map { 0 : 10.1.0.2 . 8080 }",
             "only this node's endpoint: {ext:?}"
+        );
+        // No local endpoint: dropped.
+        let mut p = sp(&[("10.1.0.2", 1)], Some(30080));
+        p.external_local = true;
+        p.local_endpoints.clear();
+        let f = service_fragments(&[p]);
+        assert_eq!(
+            f[0].elements[&("no-endpoint-nodeports", "tcp . 30080".into())],
+            "drop"
         );
     }
 
@@ -641,14 +1022,12 @@ mod tests {
         let a = service_fragments(&[sp(&[("10.1.0.2", 1), ("10.1.0.3", 1)], None)]);
         let b = service_fragments(&[sp(&[("10.1.0.2", 1), ("10.1.0.4", 1)], None)]);
         let s = diff_script(&[(&a, &b)]).unwrap();
-        let lines: Vec<&str> = s.lines().collect();
-        assert!(
-            lines[0].starts_with("flush chain ip shoal-proxy svc-"),
-            "{s}"
+        assert_eq!(
+            s,
+            "delete element ip shoal-proxy service-endpoints { 10.96.0.10 . tcp . 80 . 1 }\n\
+             add element ip shoal-proxy service-endpoints { 10.96.0.10 . tcp . 80 . 1 : 10.1.0.4 . 8080 }\n",
+            "one bucket changes hands, nothing else"
         );
-        assert!(s.contains("10.1.0.4 . 8080") && lines.len() == 5, "{s}");
-        assert!(!s.contains(" ip6 "), "ip6 unchanged: {s}");
-        assert!(!s.contains("element"), "map element unchanged: {s}");
         assert_eq!(diff_script(&[(&a, &a)]), None);
 
         // With affinity: endpoint chains come and go, in a safe order.
@@ -701,5 +1080,50 @@ mod tests {
             "add table ip shoal-proxy\ndelete table ip shoal-proxy\ntable ip shoal-proxy {"
         ));
         assert!(full.contains("add element ip shoal-proxy pod-cidrs { 10.1.0.0/24 }"));
+    }
+
+    #[test]
+    fn shared_objects_follow_their_users() {
+        let one = |id: &str, eps: &[(&str, u32)]| {
+            let mut p = sp(eps, None);
+            p.id = id.into();
+            p.cluster_ips = vec![format!("10.96.0.{}", id.len()).parse().unwrap()];
+            service_fragments(&[p])
+        };
+        let none = Fragments::default();
+        let a = one("a", &[("10.1.0.2", 1), ("10.1.0.3", 1)]);
+        let b = one("bb", &[("10.1.0.2", 1), ("10.1.0.5", 1)]);
+        let mut refs = SharedRefs::default();
+        let plan = refs.plan(&[(&none, &a), (&none, &b)]);
+        assert_eq!(plan.created[0].chains.len(), 1, "lb-tcp-2 once for both");
+        assert_eq!(
+            plan.created[0].elements.len(),
+            3,
+            "three distinct endpoints"
+        );
+        assert_eq!(plan.removed, Fragments::default());
+        refs.commit(plan);
+
+        // `a` goes: its own endpoint's hairpin element goes, the shared ones stay.
+        let plan = refs.plan(&[(&a, &none)]);
+        assert_eq!(plan.created, Fragments::default());
+        let gone: Vec<&str> = plan.removed[0]
+            .elements
+            .keys()
+            .map(|(_, k)| k.as_str())
+            .collect();
+        assert_eq!(gone, ["10.1.0.3 . 10.1.0.3"]);
+        assert!(plan.removed[0].chains.is_empty(), "b still uses lb-tcp-2");
+        refs.commit(plan);
+
+        // `b` goes too: the chain goes, after the element pointing at it.
+        let plan = refs.plan(&[(&b, &none)]);
+        assert!(plan.removed[0].chains.contains_key("lb-tcp-2"));
+        let s = diff_script(&[(&b, &none), (&plan.removed, &plan.created)]).unwrap();
+        let el = s.find("delete element ip shoal-proxy service-ips").unwrap();
+        let ch = s.find("delete chain ip shoal-proxy lb-tcp-2").unwrap();
+        assert!(el < ch, "{s}");
+        refs.commit(plan);
+        assert!(refs.chains[0].is_empty() && refs.elements[0].is_empty());
     }
 }
