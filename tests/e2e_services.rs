@@ -9,6 +9,8 @@
 //! - a client pod on node-1 reaches it through both ClusterIPs (IPv4 and
 //!   IPv6) and its DNS name (A and AAAA, the agent's cluster DNS), and `ext`
 //!   through the NodePort of node-2; answers come from all three pods;
+//! - a backend reaching its own service and sent to itself gets its answer
+//!   (hairpin);
 //! - a second Service with `trafficDistribution: PreferSameZone`: a client
 //!   on node-3 (zone-b) reaches only the zone-b pod, one on node-1 only the
 //!   zone-a pods;
@@ -345,6 +347,21 @@ fn services_reach_pods_across_nodes_through_nftables() {
     // ClusterIP over IPv4 and IPv6 from another node: every backend answers.
     t.until_answers("client-a", &v4, 80, &all, "ClusterIP over IPv4");
     t.until_answers("client-a", &v6, 80, &all, "ClusterIP over IPv6");
+    // Hairpin: a backend reaching its own service, sent to itself, gets its
+    // answer (the proxy masquerades it). Without that, the reply would go
+    // from the pod to itself directly and the connection would hang.
+    let own = pod_on("node-1");
+    let got = t.fetch_from_pod(&own, &v4, 80, 24);
+    assert!(
+        got.iter().all(|a| all.contains(a)),
+        "every request from a backend answered: {got:?}\n{}",
+        t.nft_state()
+    );
+    assert!(
+        got.contains(&own),
+        "24 tries over 3 backends should reach the asking pod {own} itself: {got:?}\n{}",
+        t.nft_state()
+    );
     // By DNS name (the node's cluster DNS, A and AAAA): the name resolves to
     // the cluster IPs, and a fetch through the resolved address answers.
     // (busybox nslookup has its own resolver; nc cannot resolve names in a

@@ -13,7 +13,7 @@ use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute,
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol,
 };
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
@@ -292,7 +292,14 @@ impl Netlink {
             .map_err(nl(format!("creating veth pair {host}")))
     }
 
-    /// Attach link `index` to bridge `bridge` and bring it up.
+    /// Attach link `index` to bridge `bridge` in hairpin mode and bring it up.
+    ///
+    /// Hairpin mode lets the bridge send a frame back out of the port it
+    /// came in on. A pod reaching its own Service can be sent to itself;
+    /// where the kernel passes bridged traffic through netfilter
+    /// (br_netfilter, `bridge-nf-call-iptables`), that DNATed frame is
+    /// bridged back to the pod's own port, and without hairpin mode dropped
+    /// (kubenet's `hairpin-veth`, the CNI bridge plugin's `hairpinMode`).
     pub async fn attach(&self, index: u32, bridge: u32) -> Result<(), NetError> {
         self.handle
             .link()
@@ -304,7 +311,14 @@ impl Netlink {
             )
             .execute()
             .await
-            .map_err(nl(format!("attaching link {index} to bridge {bridge}")))
+            .map_err(nl(format!("attaching link {index} to bridge {bridge}")))?;
+        // Port settings go in RTM_NEWLINK (`set_port`), not RTM_SETLINK.
+        self.handle
+            .link()
+            .set_port(LinkBridgePort::new(index).hairpin(true).build())
+            .execute()
+            .await
+            .map_err(nl(format!("hairpin mode on bridge port {index}")))
     }
 
     /// Delete link `name`; whether it existed.
