@@ -657,31 +657,36 @@ impl SharedRefs {
                 }
             }
         }
+        // Some(true): the object gets its first user; Some(false): loses its last.
+        let transition = |before: Option<&usize>, delta: isize| {
+            let before = before.copied().unwrap_or(0) as isize;
+            match (before, before + delta) {
+                (0, after) if after > 0 => Some(true),
+                (b, 0) if b > 0 => Some(false),
+                _ => None,
+            }
+        };
         let mut plan = SharedPlan::default();
         for i in 0..2 {
             for (name, (d, rules)) in std::mem::take(&mut chains[i]) {
-                let before = self.chains[i].get(&name).copied().unwrap_or(0) as isize;
-                match (before, before + d) {
-                    (0, after) if after > 0 => {
-                        plan.created[i].chains.insert(name.clone(), rules.clone());
-                    }
-                    (b, 0) if b > 0 => {
-                        plan.removed[i].chains.insert(name.clone(), rules.clone());
-                    }
-                    _ => {}
+                if let Some(created) = transition(self.chains[i].get(&name), d) {
+                    let side = if created {
+                        &mut plan.created
+                    } else {
+                        &mut plan.removed
+                    };
+                    side[i].chains.insert(name.clone(), rules.clone());
                 }
                 plan.chain_deltas[i].insert(name, d);
             }
             for (key, (d, v)) in std::mem::take(&mut elements[i]) {
-                let before = self.elements[i].get(&key).copied().unwrap_or(0) as isize;
-                match (before, before + d) {
-                    (0, after) if after > 0 => {
-                        plan.created[i].elements.insert(key.clone(), v.clone());
-                    }
-                    (b, 0) if b > 0 => {
-                        plan.removed[i].elements.insert(key.clone(), v.clone());
-                    }
-                    _ => {}
+                if let Some(created) = transition(self.elements[i].get(&key), d) {
+                    let side = if created {
+                        &mut plan.created
+                    } else {
+                        &mut plan.removed
+                    };
+                    side[i].elements.insert(key.clone(), v.clone());
                 }
                 plan.element_deltas[i].insert(key, d);
             }
