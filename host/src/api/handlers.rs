@@ -1379,7 +1379,7 @@ pub async fn bind(state: &AppState, t: &Target, binding: Value) -> ApiResult<()>
                 message: "pod is being deleted, cannot be assigned to a host".into(),
             });
         }
-        let mut new = old.clone();
+        let mut new = old;
         new["spec"]["nodeName"] = json!(node);
         let conds = new["status"]["conditions"]
             .as_array()

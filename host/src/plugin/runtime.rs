@@ -16,6 +16,10 @@ use super::sandbox::HostState;
 use super::ticker::Ticker;
 use super::{PluginError, PluginKind};
 
+/// Environment variable that, set to `1`, makes the engine write a perf map
+/// (`/tmp/perf-<pid>.map`) naming plugin code for `perf` (profiling only).
+pub const PERFMAP_ENV: &str = "SHOAL_WASM_PERFMAP";
+
 /// Bounds applied to every instance of a plugin and to each of its calls.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -75,6 +79,11 @@ impl PluginRuntime {
         let runtime_err = |e: wasmtime::Error| PluginError::Runtime(format!("{e:#}"));
         let mut wasm = Config::new();
         wasm.epoch_interruption(true).wasm_component_model(true);
+        if std::env::var_os(PERFMAP_ENV).is_some_and(|v| v == "1") {
+            // Opt-in, for profiling only: names JIT-compiled plugin functions
+            // in `/tmp/perf-<pid>.map` so `perf report` can resolve them.
+            wasm.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&wasm).map_err(runtime_err)?;
         let ticker = Ticker::start(engine.clone())
             .map_err(|e| PluginError::Runtime(format!("starting the epoch thread: {e}")))?;

@@ -226,11 +226,189 @@ fn pod_key(ns: &str, name: &str) -> String {
     format!("{ns}/{name}")
 }
 
-fn is_terminal(pod: &Value) -> bool {
-    matches!(
-        pod.pointer("/status/phase").and_then(Value::as_str),
-        Some("Succeeded") | Some("Failed")
-    )
+/// What the scheduler thread reads of a pod event. Deserialized into typed
+/// fields, skipping the rest of the object unparsed: a full `Value` of every
+/// pod event (create, bind, status) was a visible share of the thread's CPU.
+#[derive(Debug, PartialEq)]
+struct PodHead {
+    namespace: String,
+    name: String,
+    /// `spec.nodeName`, when set and not empty.
+    node_name: Option<String>,
+    /// `spec.schedulerName`, or the default profile.
+    scheduler_name: String,
+    /// `spec.priority` (0 when unset or not an integer).
+    priority: i32,
+    /// `metadata.deletionTimestamp` is set (not null).
+    deleting: bool,
+    /// `status.phase` is Succeeded or Failed.
+    terminal: bool,
+}
+
+impl PodHead {
+    /// The head of a pod's JSON; `None` when it is not a JSON object.
+    fn parse(raw: &[u8]) -> Option<PodHead> {
+        use serde::Deserialize;
+        use std::borrow::Cow;
+
+        #[derive(Deserialize, Default)]
+        #[serde(default, rename_all = "camelCase")]
+        struct Meta<'a> {
+            #[serde(borrow)]
+            name: Option<Cow<'a, str>>,
+            #[serde(borrow)]
+            namespace: Option<Cow<'a, str>>,
+            deletion_timestamp: Option<serde::de::IgnoredAny>,
+        }
+        #[derive(Deserialize, Default)]
+        #[serde(default, rename_all = "camelCase")]
+        struct Spec<'a> {
+            #[serde(borrow)]
+            node_name: Option<Cow<'a, str>>,
+            #[serde(borrow)]
+            scheduler_name: Option<Cow<'a, str>>,
+            priority: Option<serde_json::Number>,
+        }
+        #[derive(Deserialize, Default)]
+        #[serde(default)]
+        struct Status<'a> {
+            #[serde(borrow)]
+            phase: Option<Cow<'a, str>>,
+        }
+        #[derive(Deserialize, Default)]
+        #[serde(default)]
+        struct Pod<'a> {
+            #[serde(borrow)]
+            metadata: Option<Meta<'a>>,
+            #[serde(borrow)]
+            spec: Option<Spec<'a>>,
+            #[serde(borrow)]
+            status: Option<Status<'a>>,
+        }
+
+        let pod = match serde_json::from_slice::<Pod>(raw) {
+            Ok(pod) => pod,
+            // A field of an unexpected type: read it the general way.
+            Err(_) => return Self::parse_value(&serde_json::from_slice(raw).ok()?),
+        };
+        let meta = pod.metadata.unwrap_or_default();
+        let spec = pod.spec.unwrap_or_default();
+        let phase = pod.status.unwrap_or_default().phase;
+        Some(PodHead {
+            namespace: meta.namespace.unwrap_or_default().into_owned(),
+            name: meta.name.unwrap_or_default().into_owned(),
+            node_name: spec
+                .node_name
+                .filter(|n| !n.is_empty())
+                .map(Cow::into_owned),
+            scheduler_name: spec
+                .scheduler_name
+                .map_or_else(|| DEFAULT_PROFILE.to_string(), Cow::into_owned),
+            priority: spec.priority.and_then(|p| p.as_i64()).unwrap_or(0) as i32,
+            deleting: meta.deletion_timestamp.is_some(),
+            terminal: matches!(phase.as_deref(), Some("Succeeded") | Some("Failed")),
+        })
+    }
+
+    /// The same from a parsed value (anything that is not an object: `None`).
+    fn parse_value(v: &Value) -> Option<PodHead> {
+        v.as_object()?;
+        let s = |ptr: &str| v.pointer(ptr).and_then(Value::as_str);
+        Some(PodHead {
+            namespace: s("/metadata/namespace").unwrap_or("").to_string(),
+            name: s("/metadata/name").unwrap_or("").to_string(),
+            node_name: s("/spec/nodeName")
+                .filter(|n| !n.is_empty())
+                .map(str::to_string),
+            scheduler_name: s("/spec/schedulerName")
+                .unwrap_or(DEFAULT_PROFILE)
+                .to_string(),
+            priority: v
+                .pointer("/spec/priority")
+                .and_then(Value::as_i64)
+                .unwrap_or(0) as i32,
+            deleting: v
+                .pointer("/metadata/deletionTimestamp")
+                .is_some_and(|t| !t.is_null()),
+            terminal: matches!(s("/status/phase"), Some("Succeeded") | Some("Failed")),
+        })
+    }
+}
+
+/// `pod_json` with `spec.nodeName` set to `node`, by inserting the field at
+/// the start of the top-level `spec` object instead of parsing and
+/// re-serializing the whole pod. `None` (the caller falls back to a full
+/// parse) when the pod has no `spec` object or already mentions `nodeName`
+/// anywhere, so the result never carries a duplicate key.
+fn with_node_name(pod_json: &str, node: &str) -> Option<String> {
+    if pod_json.contains("\"nodeName\"") {
+        return None;
+    }
+    let at = top_level_object_value(pod_json, "spec")? + 1;
+    let field = format!("{}:{},", json!("nodeName"), json!(node));
+    let rest = &pod_json[at..];
+    let field = if rest.trim_start().starts_with('}') {
+        &field[..field.len() - 1]
+    } else {
+        &field[..]
+    };
+    let mut out = String::with_capacity(pod_json.len() + field.len());
+    out.push_str(&pod_json[..at]);
+    out.push_str(field);
+    out.push_str(rest);
+    Some(out)
+}
+
+/// Byte offset of the `{` that opens the value of top-level key `key`, if
+/// that value is an object. A small scanner over JSON text (strings, escapes
+/// and nesting), enough to find one key without building a tree.
+fn top_level_object_value(json: &str, key: &str) -> Option<usize> {
+    let b = json.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    // The last string seen at depth 1 and whether it was in key position.
+    let mut expect_key = false;
+    let mut last_key: Option<(usize, usize)> = None;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                let start = i + 1;
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    if b[i] == b'\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                if depth == 1 && expect_key {
+                    last_key = Some((start, i));
+                    expect_key = false;
+                }
+            }
+            b'{' | b'[' => {
+                if depth == 1 && b[i] == b'{' {
+                    if let Some((s, e)) = last_key {
+                        if json.get(s..e) == Some(key) {
+                            return Some(i);
+                        }
+                    }
+                }
+                depth += 1;
+                if depth == 1 {
+                    expect_key = true;
+                }
+            }
+            b'}' | b']' => depth = depth.checked_sub(1)?,
+            b',' if depth == 1 => {
+                expect_key = true;
+                last_key = None;
+            }
+            b':' if depth == 1 => {}
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 impl Scheduler {
@@ -390,18 +568,11 @@ impl Scheduler {
             EventKind::Delete => prev,
         };
         let Some(raw) = raw else { return };
-        let Ok(v) = serde_json::from_slice::<Value>(raw) else {
+        let Some(head) = PodHead::parse(raw) else {
             return;
         };
-        let ns = object::meta_str(&v, "namespace").unwrap_or("").to_string();
-        let name = object::meta_str(&v, "name").unwrap_or("").to_string();
-        let key = pod_key(&ns, &name);
-        let node = v
-            .pointer("/spec/nodeName")
-            .and_then(Value::as_str)
-            .filter(|n| !n.is_empty())
-            .map(str::to_string);
-        let gone = kind == EventKind::Delete || is_terminal(&v);
+        let key = pod_key(&head.namespace, &head.name);
+        let gone = kind == EventKind::Delete || head.terminal;
         if gone {
             self.pending.remove(&key);
             self.queue.remove(&key);
@@ -410,15 +581,15 @@ impl Scheduler {
             self.queue.cluster_changed(Instant::now());
             return;
         }
-        match node {
+        match head.node_name {
             Some(node) => {
                 // Bound: it leaves the queue and (re)enters the views as bound there.
                 self.pending.remove(&key);
                 self.queue.remove(&key);
                 self.assumed.remove(&key);
-                let json = String::from_utf8_lossy(raw).into_owned();
                 let same = self.view_pods.get(&key).is_some_and(|p| p.node == node);
                 if !same {
+                    let json = String::from_utf8_lossy(raw).into_owned();
                     self.put_view_pod(&key, node, json);
                 }
             }
@@ -427,28 +598,19 @@ impl Scheduler {
                     // Our bind has not landed yet; this is an older state.
                     return;
                 }
-                if v.pointer("/metadata/deletionTimestamp").is_some() {
+                if head.deleting {
                     return;
                 }
-                let profile = v
-                    .pointer("/spec/schedulerName")
-                    .and_then(Value::as_str)
-                    .unwrap_or(DEFAULT_PROFILE)
-                    .to_string();
-                let priority = v
-                    .pointer("/spec/priority")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(0) as i32;
                 self.pending.insert(
                     key.clone(),
                     PendingPod {
                         json: String::from_utf8_lossy(raw).into_owned(),
-                        profile,
-                        namespace: ns,
-                        name,
+                        profile: head.scheduler_name,
+                        namespace: head.namespace,
+                        name: head.name,
                     },
                 );
-                self.queue.add(&key, priority);
+                self.queue.add(&key, head.priority);
             }
         }
     }
@@ -780,9 +942,12 @@ impl Scheduler {
         };
 
         // Reserve: count the pod on the node in every view before binding.
-        let mut assumed: Value = serde_json::from_str(&pod_json).unwrap_or(json!({}));
-        assumed["spec"]["nodeName"] = json!(node);
-        self.put_view_pod(key, node.clone(), assumed.to_string());
+        let assumed = with_node_name(&pod_json, &node).unwrap_or_else(|| {
+            let mut v: Value = serde_json::from_str(&pod_json).unwrap_or(json!({}));
+            v["spec"]["nodeName"] = json!(node);
+            v.to_string()
+        });
+        self.put_view_pod(key, node.clone(), assumed);
         self.assumed.insert(key.to_string(), node.clone());
         self.queue.remove(key);
 
@@ -906,4 +1071,88 @@ async fn record_unschedulable(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(v: Value) -> Option<PodHead> {
+        PodHead::parse(v.to_string().as_bytes())
+    }
+
+    #[test]
+    fn pod_head_reads_what_the_scheduler_needs() {
+        let pod = json!({
+            "metadata": {"name": "p\"q", "namespace": "ns", "labels": {"a": "b"},
+                         "deletionTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"nodeName": "n1", "schedulerName": "other", "priority": 7,
+                     "containers": [{"name": "c"}]},
+            "status": {"phase": "Failed"},
+        });
+        let h = head(pod.clone()).unwrap();
+        assert_eq!(h, PodHead::parse_value(&pod).unwrap());
+        assert_eq!(
+            h,
+            PodHead {
+                namespace: "ns".into(),
+                name: "p\"q".into(),
+                node_name: Some("n1".into()),
+                scheduler_name: "other".into(),
+                priority: 7,
+                deleting: true,
+                terminal: true,
+            }
+        );
+        let pending = json!({"metadata": {"name": "p", "deletionTimestamp": null},
+                             "spec": {"nodeName": "", "priority": null}, "status": null});
+        let h = head(pending.clone()).unwrap();
+        assert_eq!(h, PodHead::parse_value(&pending).unwrap());
+        assert_eq!(
+            (
+                h.node_name,
+                h.scheduler_name.as_str(),
+                h.priority,
+                h.deleting,
+                h.terminal
+            ),
+            (None, DEFAULT_PROFILE, 0, false, false)
+        );
+    }
+
+    #[test]
+    fn pod_head_falls_back_on_unexpected_types_and_refuses_non_objects() {
+        // A float priority or a numeric name would fail the typed read.
+        let odd = json!({"metadata": {"name": 5}, "spec": {"priority": 1.5}});
+        let h = head(odd).unwrap();
+        assert_eq!((h.name.as_str(), h.priority), ("", 0));
+        assert!(PodHead::parse(b"[1]").is_none());
+        assert!(PodHead::parse(b"{not json").is_none());
+    }
+
+    #[test]
+    fn with_node_name_sets_the_field_like_a_full_parse() {
+        let pods = [
+            json!({"metadata": {"name": "p", "annotations": {"spec": "{\"x\": 1}"}},
+                   "spec": {"containers": [{"name": "c", "spec": {"a": [1, {"b": "}"}]}}]},
+                   "status": {}}),
+            json!({"status": {"spec": {}}, "spec": {}}),
+            json!({"kind": "Pod", "spec": { } }),
+        ];
+        for pod in pods {
+            let text = serde_json::to_string_pretty(&pod).unwrap();
+            for json_text in [pod.to_string(), text] {
+                let set = with_node_name(&json_text, "node-\"1").expect("spec found");
+                let mut want = pod.clone();
+                want["spec"]["nodeName"] = json!("node-\"1");
+                let got: Value = serde_json::from_str(&set).unwrap();
+                assert_eq!(got, want, "{json_text}");
+            }
+        }
+        // No spec object, or a nodeName already present: the caller's full parse.
+        assert_eq!(with_node_name(r#"{"metadata": {}}"#, "n"), None);
+        assert_eq!(with_node_name(r#"{"spec": []}"#, "n"), None);
+        assert_eq!(with_node_name(r#"{"spec": {"nodeName": ""}}"#, "n"), None);
+        assert_eq!(with_node_name(r#"{"metadata": {"spec": {}}}"#, "n"), None);
+    }
 }

@@ -23,13 +23,16 @@ pub const REASON_UNKNOWN_NODE: &str = "node(s) not in the scheduler's view";
 /// NodeUnschedulable: an unschedulable node is off limits unless the pod
 /// tolerates the `node.kubernetes.io/unschedulable:NoSchedule` taint.
 fn node_unschedulable(pod: &Candidate, node: &NodeEntry) -> Option<String> {
+    if !node.unschedulable {
+        // The common case, without building the taint for every node.
+        return None;
+    }
     let taint = Taint {
         key: taints::UNSCHEDULABLE_KEY.to_owned(),
         value: String::new(),
         effect: "NoSchedule".to_owned(),
     };
-    (node.unschedulable && !taints::tolerated(&pod.tolerations, &taint))
-        .then(|| REASON_UNSCHEDULABLE.to_owned())
+    (!taints::tolerated(&pod.tolerations, &taint)).then(|| REASON_UNSCHEDULABLE.to_owned())
 }
 
 /// NodeName: a pod that already names a node fits only there.
@@ -52,7 +55,7 @@ fn node_affinity(pod: &Candidate, node: &NodeEntry) -> Option<String> {
 /// allocatable minus what the node's pods already request. Several shortages
 /// are reported together.
 fn resources_fit(pod: &Candidate, node: &NodeEntry, view: &View) -> Option<String> {
-    let used = &view.usage(&node.name).requested;
+    let used = &view.node_usage(node).requested;
     let alloc = &node.allocatable;
     let mut reasons = Vec::new();
     if used.pods + 1 > alloc.pods {

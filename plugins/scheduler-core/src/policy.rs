@@ -1,5 +1,7 @@
 //! The policy: a view plus a configuration, answering filter and score calls.
 
+use std::cell::RefCell;
+
 use crate::candidate::Candidate;
 use crate::config::{Config, ConfigError};
 use crate::view::View;
@@ -26,6 +28,10 @@ pub struct ObjectEvent {
 pub struct Policy {
     config: Config,
     view: View,
+    /// The last pod parsed, keyed by its JSON: the host calls `filter` and
+    /// then `score` with the same pod, and parsing it is most of a call's
+    /// fixed cost. A pod's parse depends on nothing but its JSON.
+    parsed: RefCell<Option<(String, Result<Candidate, String>)>>,
 }
 
 impl Policy {
@@ -34,6 +40,7 @@ impl Policy {
         Policy {
             config,
             view: View::new(),
+            parsed: RefCell::new(None),
         }
     }
 
@@ -76,22 +83,37 @@ impl Policy {
         if !self.config.filters {
             return Vec::new();
         }
-        match Candidate::parse(pod_json) {
-            Ok(pod) => filter::filter(&pod, &self.view, nodes),
+        self.with_candidate(pod_json, |parsed| match parsed {
+            Ok(pod) => filter::filter(pod, &self.view, nodes),
             Err(e) => {
                 let reason = format!("invalid pod: {e}");
                 nodes.iter().map(|&n| (n, reason.clone())).collect()
             }
-        }
+        })
     }
 
     /// A 0..=100 score per node of `nodes`, in order; higher is better. A
     /// pod that does not parse scores 0 everywhere.
     pub fn score(&self, pod_json: &str, nodes: &[u32]) -> Vec<u32> {
-        match Candidate::parse(pod_json) {
-            Ok(pod) => score::score(&pod, &self.view, nodes, self.config.score),
+        self.with_candidate(pod_json, |parsed| match parsed {
+            Ok(pod) => score::score(pod, &self.view, nodes, self.config.score),
             Err(_) => vec![0; nodes.len()],
+        })
+    }
+
+    /// Runs `f` on the parsed pod, parsing it only if it is not the last one.
+    fn with_candidate<R>(
+        &self,
+        pod_json: &str,
+        f: impl FnOnce(&Result<Candidate, String>) -> R,
+    ) -> R {
+        let mut parsed = self.parsed.borrow_mut();
+        match &*parsed {
+            Some((json, _)) if json == pod_json => {}
+            _ => *parsed = Some((pod_json.to_owned(), Candidate::parse(pod_json))),
         }
+        let (_, candidate) = parsed.as_ref().expect("filled above");
+        f(candidate)
     }
 }
 
@@ -178,6 +200,28 @@ mod tests {
             .1
             .contains("lots"));
         assert_eq!(policy.score("{not json", &[1, 2]), vec![0, 0]);
+    }
+
+    #[test]
+    fn each_call_decides_for_the_pod_it_is_given() {
+        let mut policy = Policy::from_json("{}").unwrap();
+        policy.observe_one("Node", 1, false, &node("n1", "4", "8Gi", "110").to_string());
+        let small = pod(
+            "s",
+            json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "1"}}}]}),
+        )
+        .to_string();
+        let huge = pod(
+            "h",
+            json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "64"}}}]}),
+        )
+        .to_string();
+        // Alternating pods: a cached parse must never answer for another pod.
+        assert!(policy.filter(&small, &[1]).is_empty());
+        assert_eq!(policy.filter(&huge, &[1]).len(), 1);
+        assert!(policy.filter(&small, &[1]).is_empty());
+        assert_eq!(policy.score("{not json", &[1]), vec![0]);
+        assert_ne!(policy.score(&small, &[1]), vec![0]);
     }
 
     #[test]

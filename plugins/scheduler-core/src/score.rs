@@ -43,7 +43,7 @@ pub(crate) fn resource_score(
     view: &View,
     strategy: ScoreStrategy,
 ) -> u32 {
-    let used = &view.usage(&node.name).non_zero;
+    let used = &view.node_usage(node).non_zero;
     let pairs = [
         (
             used.milli_cpu + pod.non_zero.milli_cpu,

@@ -62,7 +62,7 @@ impl SpreadFilter {
             if !has_all_keys(node, constraints) {
                 continue;
             }
-            let usage = view.usage(&node.name);
+            let usage = view.node_usage(node);
             for (c, domains) in constraints.iter().zip(counts.iter_mut()) {
                 if !included(c, pod, node) {
                     continue;
@@ -152,7 +152,7 @@ pub(crate) fn spread_scores(
         if !has_all_keys(node, constraints) {
             continue;
         }
-        let usage = view.usage(&node.name);
+        let usage = view.node_usage(node);
         for (c, d) in constraints.iter().zip(domains.iter_mut()) {
             if c.topology_key == HOSTNAME_KEY || !included(c, pod, node) {
                 continue;
@@ -172,7 +172,7 @@ pub(crate) fn spread_scores(
             for ((c, d), w) in constraints.iter().zip(&domains).zip(&weights) {
                 let value = node.labels[&c.topology_key].as_str();
                 let count = if c.topology_key == HOSTNAME_KEY {
-                    count_matching(view.usage(&node.name), &c.selector, &pod.namespace)
+                    count_matching(view.node_usage(node), &c.selector, &pod.namespace)
                 } else {
                     d.get(value).copied().unwrap_or(0)
                 };

@@ -1,7 +1,15 @@
 //! The policy's view of the cluster: nodes by handle and the pods bound to
 //! them, kept up to date from object events.
+//!
+//! Filter and score look at a few hundred nodes per call, so reaching a
+//! node's usage must be cheap: nodes are found by handle with a one-multiply
+//! hash (handles are host-assigned counters, not user input), and each node
+//! carries the index of its usage slot, so no node name is hashed or compared
+//! per node per call. Usage is kept by node name in slots because pods name
+//! their node and may arrive before it.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::objects::{self, Labels, Taint};
 use crate::resources::{self, Resources};
@@ -14,6 +22,8 @@ pub(crate) struct NodeEntry {
     pub taints: Vec<Taint>,
     pub unschedulable: bool,
     pub allocatable: Resources,
+    /// Index of the node's usage slot (see [`View::node_usage`]).
+    slot: usize,
 }
 
 /// A pod bound to a node, reduced to what scheduling others needs.
@@ -39,18 +49,54 @@ pub(crate) struct NodeUsage {
     pub pods: HashMap<String, BoundPod>,
 }
 
+/// The usage of one node name, referenced by the nodes of that name (by
+/// index) and by the pods bound there; freed when neither is left.
+#[derive(Debug, Default)]
+struct UsageSlot {
+    name: String,
+    /// Node entries that point at this slot (normally 0 or 1).
+    nodes: usize,
+    usage: NodeUsage,
+}
+
+/// Hash for host handles: a multiply by an odd constant, enough for
+/// sequential `u32` counters (hashbrown takes the bucket from the low bits,
+/// which differ for consecutive handles, and its tag from the mixed top bits).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct HandleHasher(u64);
+
+const HANDLE_MUL: u64 = 0x9e37_79b9_7f4a_7c15;
+
+impl Hasher for HandleHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(HANDLE_MUL);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (self.0.rotate_left(32) ^ u64::from(n)).wrapping_mul(HANDLE_MUL);
+    }
+}
+
+/// A map keyed by host handle.
+type HandleMap<V> = HashMap<u32, V, BuildHasherDefault<HandleHasher>>;
+
 /// Nodes and bound pods, updated incrementally by [`View::apply`].
 #[derive(Debug, Default)]
 pub struct View {
-    nodes: HashMap<u32, NodeEntry>,
-    /// Usage by node name: pods name their node, and may arrive before it.
-    usage: HashMap<String, NodeUsage>,
-    /// Pod key → node name, for removal.
-    pod_nodes: HashMap<String, String>,
+    nodes: HandleMap<NodeEntry>,
+    /// Node name → index into `slots`.
+    slot_of: HashMap<String, usize>,
+    slots: Vec<UsageSlot>,
+    /// Indexes of unused `slots`, for reuse.
+    free_slots: Vec<usize>,
+    /// Pod key → its node's slot, for removal.
+    pod_nodes: HashMap<String, usize>,
     /// Pod handle → pod key, so a delete finds the pod even if its key changed.
-    pod_keys: HashMap<u32, String>,
-    /// Returned for a node with nothing bound.
-    no_usage: NodeUsage,
+    pod_keys: HandleMap<String>,
 }
 
 impl View {
@@ -72,20 +118,27 @@ impl View {
 
     fn apply_node(&mut self, handle: u32, deleted: bool, object: &str) {
         if deleted {
-            self.nodes.remove(&handle);
+            if let Some(old) = self.nodes.remove(&handle) {
+                self.release_node(old.slot);
+            }
             return;
         }
         let Ok(node) = serde_json::from_str::<objects::Node>(object) else {
             return;
         };
+        let slot = self.slot_for(&node.metadata.name);
+        self.slots[slot].nodes += 1;
         let entry = NodeEntry {
             allocatable: resources::node_allocatable(&node.status),
             name: node.metadata.name,
             labels: node.metadata.labels,
             taints: node.spec.taints,
             unschedulable: node.spec.unschedulable,
+            slot,
         };
-        self.nodes.insert(handle, entry);
+        if let Some(old) = self.nodes.insert(handle, entry) {
+            self.release_node(old.slot);
+        }
     }
 
     fn apply_pod(&mut self, handle: u32, deleted: bool, object: &str) {
@@ -108,29 +161,66 @@ impl View {
             namespace: pod.metadata.namespace,
             labels: pod.metadata.labels,
         };
-        let node_name = pod.spec.node_name;
-        let usage = self.usage.entry(node_name.clone()).or_default();
+        let slot = self.slot_for(&pod.spec.node_name);
+        let usage = &mut self.slots[slot].usage;
         usage.requested.add(&bound.requests);
         usage.non_zero.add(&bound.non_zero);
         usage.pods.insert(key.clone(), bound);
-        self.pod_nodes.insert(key.clone(), node_name);
+        self.pod_nodes.insert(key.clone(), slot);
         self.pod_keys.insert(handle, key);
     }
 
     fn remove_pod(&mut self, key: &str) {
-        let Some(node_name) = self.pod_nodes.remove(key) else {
+        let Some(slot) = self.pod_nodes.remove(key) else {
             return;
         };
-        let Some(usage) = self.usage.get_mut(&node_name) else {
-            return;
-        };
+        let usage = &mut self.slots[slot].usage;
         if let Some(pod) = usage.pods.remove(key) {
             usage.requested.sub(&pod.requests);
             usage.non_zero.sub(&pod.non_zero);
         }
-        if usage.pods.is_empty() {
-            self.usage.remove(&node_name);
+        self.free_if_unused(slot);
+    }
+
+    /// The slot of node name `name`, allocated if there is none.
+    fn slot_for(&mut self, name: &str) -> usize {
+        if let Some(&slot) = self.slot_of.get(name) {
+            return slot;
         }
+        let fresh = UsageSlot {
+            name: name.to_owned(),
+            ..UsageSlot::default()
+        };
+        let slot = match self.free_slots.pop() {
+            Some(slot) => {
+                self.slots[slot] = fresh;
+                slot
+            }
+            None => {
+                self.slots.push(fresh);
+                self.slots.len() - 1
+            }
+        };
+        self.slot_of.insert(name.to_owned(), slot);
+        slot
+    }
+
+    /// A node entry pointing at `slot` went away.
+    fn release_node(&mut self, slot: usize) {
+        self.slots[slot].nodes -= 1;
+        self.free_if_unused(slot);
+    }
+
+    /// Frees `slot` once no node and no pod refers to it.
+    fn free_if_unused(&mut self, slot: usize) {
+        let s = &mut self.slots[slot];
+        if s.nodes > 0 || !s.usage.pods.is_empty() {
+            return;
+        }
+        let name = std::mem::take(&mut s.name);
+        s.usage = NodeUsage::default();
+        self.slot_of.remove(&name);
+        self.free_slots.push(slot);
     }
 
     pub(crate) fn node(&self, handle: u32) -> Option<&NodeEntry> {
@@ -141,9 +231,10 @@ impl View {
         self.nodes.values()
     }
 
-    /// What is bound to the node named `name` (empty if nothing).
-    pub(crate) fn usage(&self, name: &str) -> &NodeUsage {
-        self.usage.get(name).unwrap_or(&self.no_usage)
+    /// What is bound to the node's name (no name is hashed: the entry
+    /// holds its slot).
+    pub(crate) fn node_usage(&self, node: &NodeEntry) -> &NodeUsage {
+        &self.slots[node.slot].usage
     }
 
     /// Number of nodes in the view.
@@ -163,7 +254,7 @@ impl View {
 
     /// The summed requests (and pod count) of the pods bound to `handle`.
     pub fn requested(&self, handle: u32) -> Option<Resources> {
-        self.node(handle).map(|n| self.usage(&n.name).requested)
+        self.node(handle).map(|n| self.node_usage(n).requested)
     }
 
     /// Allocatable minus requested for the node with `handle`.
@@ -271,6 +362,31 @@ mod tests {
         finished["status"] = json!({"phase": "Failed"});
         view.apply("Pod", 4, false, &finished.to_string());
         assert_eq!(free(&view, 1).0, 2000);
+    }
+
+    #[test]
+    fn usage_follows_the_node_name_through_renames_deletes_and_reuse() {
+        let mut view = View::new();
+        view.apply("Pod", 1, false, &bound("a", "n1", "1", "0"));
+        view.apply("Node", 9, false, &node("n1", "4", "2Gi", "5").to_string());
+        // The same handle renamed: it no longer sees n1's pod.
+        view.apply("Node", 9, false, &node("n2", "4", "2Gi", "5").to_string());
+        assert_eq!(free(&view, 9).0, 4000);
+        view.apply("Pod", 2, false, &bound("b", "n2", "2", "0"));
+        assert_eq!(free(&view, 9).0, 2000);
+        // Deleting the node keeps its pods' usage for when it comes back.
+        view.apply("Node", 9, true, "{}");
+        view.apply("Node", 3, false, &node("n2", "4", "2Gi", "5").to_string());
+        assert_eq!(free(&view, 3).0, 2000);
+        // n1 lost its last pod and has no node: its slot is reused by n3,
+        // which starts empty.
+        view.apply("Pod", 1, true, "");
+        view.apply("Node", 4, false, &node("n3", "4", "2Gi", "5").to_string());
+        assert_eq!(free(&view, 4), (4000, 2 << 30, 5));
+        assert_eq!(free(&view, 3).0, 2000);
+        view.apply("Node", 5, false, &node("n1", "8", "2Gi", "5").to_string());
+        assert_eq!(free(&view, 5).0, 8000);
+        assert_eq!(view.pod_count(), 1);
     }
 
     #[test]
