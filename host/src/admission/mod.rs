@@ -107,10 +107,16 @@ impl<'a> Attributes<'a> {
     }
 }
 
-/// The request's user and the warnings the chain collects for its response.
+/// The labels of a namespace (`None`: no such namespace, or no labels).
+type Labels = Option<serde_json::Map<String, Value>>;
+
+/// The request's user, the warnings the chain collects for its response, and
+/// the labels of the namespace its namespaceSelectors were matched against
+/// (read once per request: both phases see the same labels).
 struct RequestContext {
     user: UserInfo,
     warnings: Mutex<Vec<String>>,
+    namespace_labels: Mutex<Option<(String, Labels)>>,
 }
 
 tokio::task_local! {
@@ -126,6 +132,7 @@ pub async fn scope<F: Future>(identity: &Identity, fut: F) -> (F::Output, Vec<St
             groups: identity.groups.clone(),
         },
         warnings: Mutex::new(Vec::new()),
+        namespace_labels: Mutex::new(None),
     };
     REQUEST
         .scope(ctx, async {
@@ -252,11 +259,13 @@ async fn mutate_only(
     if plugins.is_empty() {
         return Ok((obj, changed));
     }
-    let mut request = review_request(attrs, Some(&obj), old);
+    // The request is serialized once, and again only after a patch.
+    let review = ReviewText::new(attrs, Some(&obj), old);
     let info = attrs.info;
     let (result, warnings) = blocking(move |warnings| {
+        let mut text = review.with(Some(&obj));
+        let mut patched = false;
         for p in &plugins {
-            let text = request.to_string();
             let Some(resp) = call(p, &text)? else {
                 continue;
             };
@@ -265,30 +274,29 @@ async fn mutate_only(
                 return Err(denied(p, &resp));
             }
             if let Some(patch) = resp.patch.as_deref().filter(|s| !s.trim().is_empty()) {
-                let obj = &mut request["object"];
                 let before = (obj["apiVersion"].clone(), obj["kind"].clone());
-                let patched = wasm::apply_patch(obj, patch).and_then(|()| {
+                let applied = wasm::apply_patch(&mut obj, patch).and_then(|()| {
                     if (obj["apiVersion"].clone(), obj["kind"].clone()) != before {
                         return Err("the patch may not change apiVersion or kind".into());
                     }
                     (info.codec)(obj.clone()).map(|_| ())
                 });
-                if let Err(e) = patched {
+                if let Err(e) = applied {
                     return Err(ApiError::Internal(format!(
                         "admission plugin \"{}\" returned a patch that cannot be applied: {e}",
                         p.name
                     )));
                 }
+                text = review.with(Some(&obj));
+                patched = true;
             }
         }
-        Ok(request["object"].take())
+        Ok((obj, patched))
     })
     .await;
     add_warnings(warnings);
-    // Changed when a plugin patched it (cheap enough to compare here: only
-    // requests that matched a mutating plugin get this far).
-    let obj = result?;
-    Ok((obj, true))
+    let (obj, patched) = result?;
+    Ok((obj, changed || patched))
 }
 
 /// Validating phase for a create, update or delete: built-ins, the validating
@@ -312,7 +320,7 @@ pub async fn validate(
             plugins = m;
         }
         if !plugins.is_empty() {
-            let request = review_request(attrs, obj, old).to_string();
+            let request = ReviewText::new(attrs, obj, old).with(obj);
             let (result, warnings) = blocking(move |warnings| {
                 for p in &plugins {
                     let Some(resp) = call(p, &request)? else {
@@ -411,7 +419,7 @@ fn matching(
                 attrs.namespace
             };
             if !ns.is_empty() {
-                let labels = ns_labels.get_or_insert_with(|| namespace_labels(state, ns));
+                let labels = ns_labels.get_or_insert_with(|| request_namespace_labels(state, ns));
                 if !p.spec.namespace_matches(labels.as_ref()) {
                     continue;
                 }
@@ -422,7 +430,25 @@ fn matching(
     out
 }
 
-fn namespace_labels(state: &AppState, ns: &str) -> Option<serde_json::Map<String, Value>> {
+/// The labels of `ns`, read from the store once per request (and at every
+/// call outside one).
+fn request_namespace_labels(state: &AppState, ns: &str) -> Labels {
+    REQUEST
+        .try_with(|c| {
+            let mut cached = c.namespace_labels.lock().unwrap_or_else(|e| e.into_inner());
+            match &*cached {
+                Some((name, labels)) if name == ns => labels.clone(),
+                _ => {
+                    let labels = namespace_labels(state, ns);
+                    *cached = Some((ns.to_string(), labels.clone()));
+                    labels
+                }
+            }
+        })
+        .unwrap_or_else(|_| namespace_labels(state, ns))
+}
+
+fn namespace_labels(state: &AppState, ns: &str) -> Labels {
     let kv = state.store.get(&format!("/core/namespaces/{ns}")).ok()??;
     let v: Value = serde_json::from_slice(&kv.value).ok()?;
     v.pointer("/metadata/labels")
@@ -430,43 +456,70 @@ fn namespace_labels(state: &AppState, ns: &str) -> Option<serde_json::Map<String
         .cloned()
 }
 
-/// The AdmissionReview `request` for this request.
-fn review_request(attrs: &Attributes<'_>, obj: Option<&Value>, old: Option<&Value>) -> Value {
-    let info = attrs.info;
-    let user = current_user();
-    let kind = json!({"group": info.group, "version": info.version, "kind": info.kind});
-    let resource = json!({"group": info.group, "version": info.version, "resource": info.plural});
-    let name = match attrs.name {
-        "" => obj.and_then(|o| meta_str(o, "name")).unwrap_or(""),
-        n => n,
-    };
-    let mut r = json!({
-        "uid": uuid::Uuid::new_v4().to_string(),
-        "kind": kind,
-        "resource": resource,
-        "requestKind": kind,
-        "requestResource": resource,
-        "name": name,
-        "namespace": attrs.namespace,
-        "operation": attrs.operation.as_str(),
-        "userInfo": {"username": user.username, "uid": "", "groups": user.groups},
-        "object": obj.cloned().unwrap_or(Value::Null),
-        "oldObject": old.cloned().unwrap_or(Value::Null),
-        "dryRun": attrs.dry_run,
-    });
-    if !attrs.subresource.is_empty() {
-        r["subResource"] = json!(attrs.subresource);
-        r["requestSubResource"] = json!(attrs.subresource);
-    }
-    let ok = attrs.operation.options_kind();
-    if !ok.is_empty() {
-        r["options"] = json!({"kind": ok, "apiVersion": "meta.k8s.io/v1"});
-    }
-    r
+/// An AdmissionReview `request` for this request, serialized around its
+/// object: the rest is serialized once per phase, and a patched object alone
+/// again (without copying the object or the old object into a `Value`).
+struct ReviewText {
+    /// `{"uid": ..., "userInfo": {...}, "object":`
+    head: String,
+    /// `, "oldObject": ..., "dryRun": ...}` and the optional fields.
+    tail: String,
 }
 
-/// Run a phase's plugin calls off the async workers (Wasm calls block).
-/// `f` collects the plugins' warnings in the vector it is given.
+impl ReviewText {
+    fn new(attrs: &Attributes<'_>, obj: Option<&Value>, old: Option<&Value>) -> ReviewText {
+        let info = attrs.info;
+        let user = current_user();
+        let kind = json!({"group": info.group, "version": info.version, "kind": info.kind});
+        let resource =
+            json!({"group": info.group, "version": info.version, "resource": info.plural});
+        let name = match attrs.name {
+            "" => obj.and_then(|o| meta_str(o, "name")).unwrap_or(""),
+            n => n,
+        };
+        let head = json!({
+            "uid": uuid::Uuid::new_v4().to_string(),
+            "kind": kind,
+            "resource": resource,
+            "requestKind": kind,
+            "requestResource": resource,
+            "name": name,
+            "namespace": attrs.namespace,
+            "operation": attrs.operation.as_str(),
+            "userInfo": {"username": user.username, "uid": "", "groups": user.groups},
+        });
+        let mut rest = json!({"dryRun": attrs.dry_run});
+        if !attrs.subresource.is_empty() {
+            rest["subResource"] = json!(attrs.subresource);
+            rest["requestSubResource"] = json!(attrs.subresource);
+        }
+        let ok = attrs.operation.options_kind();
+        if !ok.is_empty() {
+            rest["options"] = json!({"kind": ok, "apiVersion": "meta.k8s.io/v1"});
+        }
+        // Both are non-empty objects: drop `}` from one and `{` from the other.
+        let mut head = head.to_string();
+        head.pop();
+        head.push_str(",\"object\":");
+        // The old object is serialized as it is, not copied into `rest`.
+        let old = serde_json::to_string(old.unwrap_or(&Value::Null)).unwrap_or_default();
+        let tail = [",\"oldObject\":", &old, ",", &rest.to_string()[1..]].concat();
+        ReviewText { head, tail }
+    }
+
+    /// The request's JSON with `obj` as its object.
+    fn with(&self, obj: Option<&Value>) -> String {
+        let obj = serde_json::to_string(obj.unwrap_or(&Value::Null)).unwrap_or_default();
+        [self.head.as_str(), &obj, &self.tail].concat()
+    }
+}
+
+/// Run a phase's plugin calls off the async workers (Wasm calls block, and
+/// wasmtime-wasi's blocking host calls, such as a guest writing to stderr,
+/// `block_on` the runtime, which panics on an async worker). Measured on 2
+/// cores, `block_in_place` cost more than this hop (it hands the worker's
+/// core to another thread at every call). `f` collects the plugins' warnings
+/// in the vector it is given.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce(&mut Vec<String>) -> ApiResult<T> + Send + 'static,
 ) -> (ApiResult<T>, Vec<String>) {
@@ -658,6 +711,72 @@ mod tests {
             obj["spec"]["containers"][0]["resources"]["requests"],
             json!({"cpu": "100m", "memory": "64Mi"})
         );
+    }
+
+    #[test]
+    fn review_text_is_the_admission_review_request() {
+        let info = crate::api::resources::RESOURCES
+            .iter()
+            .find(|r| r.kind == "Pod")
+            .unwrap();
+        let attrs = Attributes {
+            info,
+            subresource: "status",
+            namespace: "ns",
+            name: "",
+            operation: Operation::Update,
+            dry_run: true,
+        };
+        let obj = json!({"metadata": {"name": "p"}, "spec": {}});
+        let old = json!({"metadata": {"name": "p"}});
+        let review = ReviewText::new(&attrs, Some(&obj), Some(&old));
+        let patched = json!({"metadata": {"name": "p", "labels": {"a": "b"}}});
+        let r: Value = serde_json::from_str(&review.with(Some(&patched))).unwrap();
+        let keys: Vec<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "uid",
+                "kind",
+                "resource",
+                "requestKind",
+                "requestResource",
+                "name",
+                "namespace",
+                "operation",
+                "userInfo",
+                "object",
+                "oldObject",
+                "dryRun",
+                "subResource",
+                "requestSubResource",
+                "options"
+            ]
+        );
+        assert_eq!(
+            r["kind"],
+            json!({"group": "", "version": "v1", "kind": "Pod"})
+        );
+        assert_eq!(r["requestResource"]["resource"], "pods");
+        assert_eq!(r["name"], "p");
+        assert_eq!(r["operation"], "UPDATE");
+        assert_eq!(r["userInfo"]["username"], "system:kube-controller-manager");
+        assert_eq!(r["object"], patched);
+        assert_eq!(r["oldObject"], old);
+        assert_eq!(r["dryRun"], true);
+        assert_eq!(r["subResource"], "status");
+        assert_eq!(r["options"]["kind"], "UpdateOptions");
+        // Connect has no options; no object serializes as null.
+        let attrs = Attributes {
+            subresource: "",
+            operation: Operation::Connect,
+            ..attrs
+        };
+        let r: Value =
+            serde_json::from_str(&ReviewText::new(&attrs, None, None).with(None)).unwrap();
+        assert_eq!(r["object"], Value::Null);
+        assert_eq!(r["oldObject"], Value::Null);
+        assert!(r.get("options").is_none() && r.get("subResource").is_none());
     }
 
     #[test]
