@@ -197,8 +197,8 @@ impl LibNft {
         }
     }
 
-    /// Run `script`; its output on success, the error text on failure.
-    fn run(&self, script: &str) -> Result<String, NftError> {
+    /// Run `script`; the error text on failure.
+    fn run(&self, script: &str) -> Result<(), NftError> {
         let cmd = CString::new(script)
             .map_err(|_| NftError::Rejected("the script holds a NUL byte".into()))?;
         let ctx = self.ctx.lock().unwrap_or_else(|e| e.into_inner());
@@ -212,12 +212,13 @@ impl LibNft {
             }
         };
         // SAFETY: ctx is a live context used by this thread alone (mutex);
-        // getting the buffers also empties them for the next run.
-        let (rc, out, err) = unsafe {
+        // getting the buffers also empties them for the next run (the
+        // output, of `list` commands only, is not used).
+        let (rc, err) = unsafe {
             let rc = (self.api.run_cmd_from_buffer)(ctx.0, cmd.as_ptr());
-            let out = text((self.api.get_output_buffer)(ctx.0));
+            (self.api.get_output_buffer)(ctx.0);
             let err = text((self.api.get_error_buffer)(ctx.0));
-            (rc, out, err)
+            (rc, err)
         };
         if rc != 0 {
             let short: String = err.lines().take(6).collect::<Vec<_>>().join("\n");
@@ -227,12 +228,7 @@ impl LibNft {
                 short
             }));
         }
-        Ok(out)
-    }
-
-    /// `nft list table <family> <name>`, for diagnostics and tests.
-    pub fn list_table(&self, family: &str, name: &str) -> Option<String> {
-        self.run(&format!("list table {family} {name}")).ok()
+        Ok(())
     }
 }
 
@@ -247,7 +243,7 @@ impl Drop for LibNft {
 
 impl Nft for LibNft {
     fn apply(&self, script: &str) -> Result<(), NftError> {
-        self.run(script).map(|_| ())
+        self.run(script)
     }
 }
 
