@@ -30,6 +30,10 @@ pub struct Server {
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
+    // Ports already handed out in this process: the bind check below
+    // releases the port at once, so without this two parallel tests could
+    // be given the same one before either server binds it.
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos() as u64)
@@ -38,7 +42,9 @@ pub fn free_port() -> u16 {
     for _ in 0..1000 {
         let n = seed.wrapping_add(NEXT.fetch_add(7919, Ordering::Relaxed));
         let port = 20_000 + (n % 12_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
             return port;
         }
     }
