@@ -173,11 +173,12 @@ fn load(wasm: &Path) -> LoadedPlugin {
 }
 
 /// A configured instance, printing instantiate and configure times.
-fn instance(loaded: &LoadedPlugin, config: &Value) -> AdmissionInstance {
+async fn instance(loaded: &LoadedPlugin, config: &Value) -> AdmissionInstance {
     let started = Instant::now();
-    let mut inst = loaded.instantiate_admission().expect("instantiate");
+    let mut inst = loaded.instantiate_admission().await.expect("instantiate");
     let instantiated = started.elapsed();
     inst.configure(&config.to_string())
+        .await
         .unwrap_or_else(|e| panic!("configure {config}: {e}"));
     eprintln!(
         "{}: instantiate {instantiated:.1?}, configure {:.1?}",
@@ -224,39 +225,38 @@ fn pod(name: &str, labels: Value, containers: Value) -> Value {
     })
 }
 
-fn review(inst: &mut AdmissionInstance, req: &str) -> AdmissionResponse {
-    inst.review(req).expect("review")
+async fn review(inst: &mut AdmissionInstance, req: &str) -> AdmissionResponse {
+    inst.review(req).await.expect("review")
 }
 
 /// p50 and p99 of `n` review calls of `req`.
-fn time_calls(inst: &mut AdmissionInstance, req: &str, n: usize) -> (Duration, Duration) {
-    let mut times: Vec<Duration> = (0..n)
-        .map(|_| {
-            let t = Instant::now();
-            review(inst, req);
-            t.elapsed()
-        })
-        .collect();
+async fn time_calls(inst: &mut AdmissionInstance, req: &str, n: usize) -> (Duration, Duration) {
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        review(inst, req).await;
+        times.push(t.elapsed());
+    }
     times.sort();
     (times[n / 2], times[n * 99 / 100])
 }
 
-#[test]
-fn require_labels_python_reviews() {
+#[tokio::test]
+async fn require_labels_python_reviews() {
     let Some(wasm) = build(&REQUIRE_LABELS) else {
         return;
     };
     let loaded = load(&wasm);
-    let mut inst = instance(&loaded, &json!({"labels": ["team", "app"]}));
-    assert_eq!(inst.interests().unwrap(), Vec::<String>::new());
+    let mut inst = instance(&loaded, &json!({"labels": ["team", "app"]})).await;
+    assert_eq!(inst.interests().await.unwrap(), Vec::<String>::new());
 
     let both = pod("web", json!({"team": "a", "app": "web"}), json!([]));
-    let r = review(&mut inst, &request("CREATE", "Pod", Some(both)));
+    let r = review(&mut inst, &request("CREATE", "Pod", Some(both))).await;
     assert!(r.allowed, "both labels present: {r:?}");
     assert_eq!(r.message, None);
 
     let one = pod("web", json!({"team": "a"}), json!([]));
-    let r = review(&mut inst, &request("CREATE", "Pod", Some(one)));
+    let r = review(&mut inst, &request("CREATE", "Pod", Some(one))).await;
     assert!(!r.allowed, "app missing: {r:?}");
     assert_eq!(r.code, Some(403));
     assert_eq!(
@@ -265,7 +265,7 @@ fn require_labels_python_reviews() {
     );
 
     let none = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg"}});
-    let r = review(&mut inst, &request("UPDATE", "ConfigMap", Some(none)));
+    let r = review(&mut inst, &request("UPDATE", "ConfigMap", Some(none))).await;
     assert!(!r.allowed);
     assert_eq!(
         r.message.as_deref(),
@@ -273,11 +273,11 @@ fn require_labels_python_reviews() {
     );
 
     // A delete carries no object and is not this plugin's business.
-    let r = review(&mut inst, &request("DELETE", "Pod", None));
+    let r = review(&mut inst, &request("DELETE", "Pod", None)).await;
     assert!(r.allowed, "delete: {r:?}");
 
     // Bad requests are refused with a reason, not a trap.
-    let r = review(&mut inst, "not json");
+    let r = review(&mut inst, "not json").await;
     assert!(!r.allowed);
     assert_eq!(r.code, Some(400));
     assert!(!inst.is_poisoned());
@@ -288,17 +288,17 @@ fn require_labels_python_reviews() {
         (json!({"label": ["team"]}), "unknown config field(s): label"),
         (json!(["team"]), "config must be an object"),
     ] {
-        let mut i = loaded.instantiate_admission().unwrap();
-        match i.configure(&bad.to_string()) {
+        let mut i = loaded.instantiate_admission().await.unwrap();
+        match i.configure(&bad.to_string()).await {
             Err(PluginError::Guest { message, .. }) => {
                 assert!(message.contains(says), "{bad}: {message}")
             }
             other => panic!("config {bad} was not refused: {other:?}"),
         }
     }
-    let mut i = loaded.instantiate_admission().unwrap();
+    let mut i = loaded.instantiate_admission().await.unwrap();
     assert!(matches!(
-        i.configure("{not json"),
+        i.configure("{not json").await,
         Err(PluginError::Guest { .. })
     ));
 
@@ -307,19 +307,19 @@ fn require_labels_python_reviews() {
         "Pod",
         Some(pod("web", json!({"team": "a"}), json!([]))),
     );
-    let (p50, p99) = time_calls(&mut inst, &req, 200);
+    let (p50, p99) = time_calls(&mut inst, &req, 200).await;
     eprintln!("require-labels (Python): review p50 {p50:?}, p99 {p99:?} over 200 calls");
     assert!(!inst.is_poisoned());
 }
 
-#[test]
-fn deny_privileged_javascript_reviews() {
+#[tokio::test]
+async fn deny_privileged_javascript_reviews() {
     let Some(wasm) = build(&DENY_PRIVILEGED) else {
         return;
     };
     let loaded = load(&wasm);
-    let mut inst = instance(&loaded, &json!({}));
-    assert_eq!(inst.interests().unwrap(), Vec::<String>::new());
+    let mut inst = instance(&loaded, &json!({})).await;
+    assert_eq!(inst.interests().await.unwrap(), Vec::<String>::new());
 
     // Unprivileged, escalation unset: admitted with a warning.
     let plain = pod(
@@ -327,7 +327,7 @@ fn deny_privileged_javascript_reviews() {
         json!({}),
         json!([{"name": "web", "image": "nginx:1"}]),
     );
-    let r = review(&mut inst, &request("CREATE", "Pod", Some(plain.clone())));
+    let r = review(&mut inst, &request("CREATE", "Pod", Some(plain.clone()))).await;
     assert!(r.allowed, "{r:?}");
     assert_eq!(r.warnings.len(), 1, "{r:?}");
     assert!(
@@ -343,7 +343,7 @@ fn deny_privileged_javascript_reviews() {
         json!([{"name": "web", "image": "nginx:1",
                 "securityContext": {"allowPrivilegeEscalation": false}}]),
     );
-    let r = review(&mut inst, &request("CREATE", "Pod", Some(careful)));
+    let r = review(&mut inst, &request("CREATE", "Pod", Some(careful))).await;
     assert!(r.allowed && r.warnings.is_empty(), "{r:?}");
 
     // A privileged second container is refused, and named.
@@ -355,7 +355,7 @@ fn deny_privileged_javascript_reviews() {
             {"name": "debug", "image": "busybox:1", "securityContext": {"privileged": true}},
         ]),
     );
-    let r = review(&mut inst, &request("CREATE", "Pod", Some(privileged)));
+    let r = review(&mut inst, &request("CREATE", "Pod", Some(privileged))).await;
     assert!(!r.allowed, "{r:?}");
     assert_eq!(r.code, Some(403));
     assert_eq!(
@@ -373,7 +373,7 @@ fn deny_privileged_javascript_reviews() {
         json!([{"name": "web", "image": "nginx:1",
                 "securityContext": {"privileged": false, "allowPrivilegeEscalation": false}}]),
     );
-    let r = review(&mut inst, &request("UPDATE", "Pod", Some(unprivileged)));
+    let r = review(&mut inst, &request("UPDATE", "Pod", Some(unprivileged))).await;
     assert!(r.allowed, "{r:?}");
 
     // Pod templates: a Deployment's privileged init container, a CronJob's.
@@ -386,7 +386,7 @@ fn deny_privileged_javascript_reviews() {
             "containers": [{"name": "web", "image": "nginx:1"}],
         }}},
     });
-    let r = review(&mut inst, &request("CREATE", "Deployment", Some(deploy)));
+    let r = review(&mut inst, &request("CREATE", "Deployment", Some(deploy))).await;
     assert!(!r.allowed);
     assert!(
         r.message.as_deref().unwrap().starts_with(
@@ -403,7 +403,7 @@ fn deny_privileged_javascript_reviews() {
                            {"name": "b", "image": "busybox:1", "securityContext": {"privileged": true}}],
         }}}}},
     });
-    let r = review(&mut inst, &request("CREATE", "CronJob", Some(cron)));
+    let r = review(&mut inst, &request("CREATE", "CronJob", Some(cron))).await;
     assert!(!r.allowed);
     assert!(
         r.message
@@ -415,17 +415,25 @@ fn deny_privileged_javascript_reviews() {
 
     // Other kinds and deletes pass untouched.
     let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}});
-    assert!(review(&mut inst, &request("CREATE", "ConfigMap", Some(cm))).allowed);
-    assert!(review(&mut inst, &request("DELETE", "Pod", None)).allowed);
-    let r = review(&mut inst, "[");
+    assert!(
+        review(&mut inst, &request("CREATE", "ConfigMap", Some(cm)))
+            .await
+            .allowed
+    );
+    assert!(
+        review(&mut inst, &request("DELETE", "Pod", None))
+            .await
+            .allowed
+    );
+    let r = review(&mut inst, "[").await;
     assert!(!r.allowed && r.code == Some(400), "{r:?}");
 
     // Config: the warning can be turned off; unknown fields are refused.
-    let mut quiet = instance(&loaded, &json!({"warnAllowPrivilegeEscalation": false}));
-    let r = review(&mut quiet, &request("CREATE", "Pod", Some(plain.clone())));
+    let mut quiet = instance(&loaded, &json!({"warnAllowPrivilegeEscalation": false})).await;
+    let r = review(&mut quiet, &request("CREATE", "Pod", Some(plain.clone()))).await;
     assert!(r.allowed && r.warnings.is_empty(), "{r:?}");
-    let mut i = loaded.instantiate_admission().unwrap();
-    match i.configure(r#"{"warn": true}"#) {
+    let mut i = loaded.instantiate_admission().await.unwrap();
+    match i.configure(r#"{"warn": true}"#).await {
         Err(PluginError::Guest { message, .. }) => {
             assert!(
                 message.contains("unknown config field \"warn\""),
@@ -436,7 +444,7 @@ fn deny_privileged_javascript_reviews() {
     }
 
     let req = request("CREATE", "Pod", Some(plain));
-    let (p50, p99) = time_calls(&mut inst, &req, 200);
+    let (p50, p99) = time_calls(&mut inst, &req, 200).await;
     eprintln!("deny-privileged (JavaScript): review p50 {p50:?}, p99 {p99:?} over 200 calls");
     assert!(!inst.is_poisoned());
 }

@@ -123,7 +123,8 @@ pub async fn run(args: Args) -> Result<String> {
             &wasm_default(&bin, "deny_latest.wasm"),
             &json!({}),
             args.requests,
-        )?,
+        )
+        .await?,
     );
     if let Some(p) = args.python_plugin.as_ref().filter(|p| p.is_file()) {
         alone.insert(
@@ -132,7 +133,8 @@ pub async fn run(args: Args) -> Result<String> {
                 p,
                 &json!({"labels": ["team", "app"]}),
                 args.requests.min(2_000),
-            )?,
+            )
+            .await?,
         );
     }
 
@@ -149,13 +151,13 @@ pub async fn run(args: Args) -> Result<String> {
 }
 
 /// p50/p99 of one review call on a reused instance, in µs.
-fn call_alone(file: &Path, config: &Value, n: u64) -> Result<Value> {
+async fn call_alone(file: &Path, config: &Value, n: u64) -> Result<Value> {
     use shoal_host::plugin::{PluginKind, PluginRuntime, RuntimeConfig};
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let runtime = PluginRuntime::new(RuntimeConfig::default())?;
     let loaded = runtime.load("bench", PluginKind::Admission, &bytes)?;
-    let mut inst = loaded.instantiate_admission()?;
-    inst.configure(&config.to_string())?;
+    let mut inst = loaded.instantiate_admission().await?;
+    inst.configure(&config.to_string()).await?;
     let request = json!({
         "uid": "1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
         "resource": {"group": "", "version": "v1", "resource": "pods"},
@@ -167,7 +169,7 @@ fn call_alone(file: &Path, config: &Value, n: u64) -> Result<Value> {
     let mut lat = Vec::with_capacity(n as usize);
     for i in 0..n + n / 10 {
         let t = Instant::now();
-        let r = inst.review(&request)?;
+        let r = inst.review(&request).await?;
         if i >= n / 10 {
             lat.push(t.elapsed());
         }

@@ -262,11 +262,12 @@ async fn mutate_only(
     // The request is serialized once, and again only after a patch.
     let review = ReviewText::new(attrs, Some(&obj), old);
     let info = attrs.info;
-    let (result, warnings) = blocking(move |warnings| {
+    let mut warnings = Vec::new();
+    let result = async {
         let mut text = review.with(Some(&obj));
         let mut patched = false;
         for p in &plugins {
-            let Some(resp) = call(p, &text)? else {
+            let Some(resp) = call(p, &text).await? else {
                 continue;
             };
             warnings.extend(resp.warnings.iter().map(|w| w.to_string()));
@@ -291,11 +292,11 @@ async fn mutate_only(
                 patched = true;
             }
         }
-        Ok((obj, patched))
-    })
+        Ok(patched)
+    }
     .await;
     add_warnings(warnings);
-    let (obj, patched) = result?;
+    let patched = result?;
     Ok((obj, changed || patched))
 }
 
@@ -321,9 +322,10 @@ pub async fn validate(
         }
         if !plugins.is_empty() {
             let request = ReviewText::new(attrs, obj, old).with(obj);
-            let (result, warnings) = blocking(move |warnings| {
+            let mut warnings = Vec::new();
+            let result = async {
                 for p in &plugins {
-                    let Some(resp) = call(p, &request)? else {
+                    let Some(resp) = call(p, &request).await? else {
                         continue;
                     };
                     warnings.extend(resp.warnings.iter().cloned());
@@ -332,7 +334,7 @@ pub async fn validate(
                     }
                 }
                 Ok(())
-            })
+            }
             .await;
             add_warnings(warnings);
             result?;
@@ -449,11 +451,22 @@ fn request_namespace_labels(state: &AppState, ns: &str) -> Labels {
 }
 
 fn namespace_labels(state: &AppState, ns: &str) -> Labels {
+    /// Only the labels of the Namespace are decoded; the rest is skipped.
+    #[derive(serde::Deserialize)]
+    struct Namespace {
+        #[serde(default)]
+        metadata: Metadata,
+    }
+    #[derive(serde::Deserialize, Default)]
+    struct Metadata {
+        #[serde(default)]
+        labels: Labels,
+    }
     let kv = state.store.get(&format!("/core/namespaces/{ns}")).ok()??;
-    let v: Value = serde_json::from_slice(&kv.value).ok()?;
-    v.pointer("/metadata/labels")
-        .and_then(Value::as_object)
-        .cloned()
+    serde_json::from_slice::<Namespace>(&kv.value)
+        .ok()?
+        .metadata
+        .labels
 }
 
 /// An AdmissionReview `request` for this request, serialized around its
@@ -468,43 +481,112 @@ struct ReviewText {
 
 impl ReviewText {
     fn new(attrs: &Attributes<'_>, obj: Option<&Value>, old: Option<&Value>) -> ReviewText {
+        /// `{"group", "version", "kind"}` or `{..., "resource"}`.
+        #[derive(serde::Serialize)]
+        struct Gv<'a> {
+            group: &'a str,
+            version: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            kind: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            resource: Option<&'a str>,
+        }
+        #[derive(serde::Serialize)]
+        struct User<'a> {
+            username: &'a str,
+            uid: &'a str,
+            groups: &'a [String],
+        }
+        /// The request up to its object, borrowed: serialized without
+        /// building a `Value` first.
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Head<'a> {
+            uid: &'a str,
+            kind: &'a Gv<'a>,
+            resource: &'a Gv<'a>,
+            request_kind: &'a Gv<'a>,
+            request_resource: &'a Gv<'a>,
+            name: &'a str,
+            namespace: &'a str,
+            operation: &'a str,
+            user_info: User<'a>,
+        }
+        #[derive(serde::Serialize)]
+        struct Options<'a> {
+            kind: &'a str,
+            #[serde(rename = "apiVersion")]
+            api_version: &'a str,
+        }
+        /// The fields after the old object.
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Tail<'a> {
+            dry_run: bool,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            sub_resource: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            request_sub_resource: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            options: Option<Options<'a>>,
+        }
+
         let info = attrs.info;
         let user = current_user();
-        let kind = json!({"group": info.group, "version": info.version, "kind": info.kind});
-        let resource =
-            json!({"group": info.group, "version": info.version, "resource": info.plural});
+        let kind = Gv {
+            group: info.group,
+            version: info.version,
+            kind: Some(info.kind),
+            resource: None,
+        };
+        let resource = Gv {
+            group: info.group,
+            version: info.version,
+            kind: None,
+            resource: Some(info.plural),
+        };
         let name = match attrs.name {
             "" => obj.and_then(|o| meta_str(o, "name")).unwrap_or(""),
             n => n,
         };
-        let head = json!({
-            "uid": uuid::Uuid::new_v4().to_string(),
-            "kind": kind,
-            "resource": resource,
-            "requestKind": kind,
-            "requestResource": resource,
-            "name": name,
-            "namespace": attrs.namespace,
-            "operation": attrs.operation.as_str(),
-            "userInfo": {"username": user.username, "uid": "", "groups": user.groups},
-        });
-        let mut rest = json!({"dryRun": attrs.dry_run});
-        if !attrs.subresource.is_empty() {
-            rest["subResource"] = json!(attrs.subresource);
-            rest["requestSubResource"] = json!(attrs.subresource);
-        }
-        let ok = attrs.operation.options_kind();
-        if !ok.is_empty() {
-            rest["options"] = json!({"kind": ok, "apiVersion": "meta.k8s.io/v1"});
-        }
-        // Both are non-empty objects: drop `}` from one and `{` from the other.
-        let mut head = head.to_string();
+        let mut uid = uuid::Uuid::encode_buffer();
+        let head = Head {
+            uid: uuid::Uuid::new_v4().hyphenated().encode_lower(&mut uid),
+            kind: &kind,
+            resource: &resource,
+            request_kind: &kind,
+            request_resource: &resource,
+            name,
+            namespace: attrs.namespace,
+            operation: attrs.operation.as_str(),
+            user_info: User {
+                username: &user.username,
+                uid: "",
+                groups: &user.groups,
+            },
+        };
+        let sub = Some(attrs.subresource).filter(|s| !s.is_empty());
+        let options_kind = attrs.operation.options_kind();
+        let tail = Tail {
+            dry_run: attrs.dry_run,
+            sub_resource: sub,
+            request_sub_resource: sub,
+            options: (!options_kind.is_empty()).then_some(Options {
+                kind: options_kind,
+                api_version: "meta.k8s.io/v1",
+            }),
+        };
+        // `{...head,"object":` + object + `,"oldObject":` + old + `,...tail}`:
+        // drop `}` from the head and `{` from the tail.
+        let mut head = serde_json::to_string(&head).unwrap_or_default();
         head.pop();
         head.push_str(",\"object\":");
-        // The old object is serialized as it is, not copied into `rest`.
+        let mut rest = String::from(",\"oldObject\":");
         let old = serde_json::to_string(old.unwrap_or(&Value::Null)).unwrap_or_default();
-        let tail = [",\"oldObject\":", &old, ",", &rest.to_string()[1..]].concat();
-        ReviewText { head, tail }
+        rest.push_str(&old);
+        rest.push(',');
+        rest.push_str(&serde_json::to_string(&tail).unwrap_or_default()[1..]);
+        ReviewText { head, tail: rest }
     }
 
     /// The request's JSON with `obj` as its object.
@@ -514,33 +596,10 @@ impl ReviewText {
     }
 }
 
-/// Run a phase's plugin calls off the async workers (Wasm calls block, and
-/// wasmtime-wasi's blocking host calls, such as a guest writing to stderr,
-/// `block_on` the runtime, which panics on an async worker). Measured on 2
-/// cores, `block_in_place` cost more than this hop (it hands the worker's
-/// core to another thread at every call). `f` collects the plugins' warnings
-/// in the vector it is given.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce(&mut Vec<String>) -> ApiResult<T> + Send + 'static,
-) -> (ApiResult<T>, Vec<String>) {
-    let run = move || {
-        let mut warnings = Vec::new();
-        let r = f(&mut warnings);
-        (r, warnings)
-    };
-    match tokio::task::spawn_blocking(run).await {
-        Ok(r) => r,
-        Err(e) => (
-            Err(ApiError::Internal(format!("admission: {e}"))),
-            Vec::new(),
-        ),
-    }
-}
-
 /// One plugin call with its failure policy: `Ok(None)` when the plugin failed
 /// and its policy is Ignore.
-fn call(p: &AdmissionPlugin, request: &str) -> ApiResult<Option<AdmissionResponse>> {
-    match p.review(request) {
+async fn call(p: &AdmissionPlugin, request: &str) -> ApiResult<Option<AdmissionResponse>> {
+    match p.review(request).await {
         Ok(resp) => Ok(Some(resp)),
         Err(e) => match p.spec.failure_policy {
             FailurePolicy::Ignore => {
@@ -623,8 +682,8 @@ mod tests {
         .to_string()
     }
 
-    #[test]
-    fn failure_policies_of_plugins_that_trap_or_hang() {
+    #[tokio::test]
+    async fn failure_policies_of_plugins_that_trap_or_hang() {
         for (mode, want) in [("trap", "trapped"), ("loop", "timed out")] {
             let config = format!(r#"{{"mode": "{mode}"}}"#);
             let fail = plugin(
@@ -633,7 +692,7 @@ mod tests {
                 json!({"type": "Validating", "rules": []}),
                 &config,
             );
-            let err = call(&fail, &pod_request("x:1")).unwrap_err();
+            let err = call(&fail, &pod_request("x:1")).await.unwrap_err();
             assert_eq!(err.code(), http::StatusCode::INTERNAL_SERVER_ERROR);
             let msg = err.status()["message"].as_str().unwrap().to_string();
             assert!(
@@ -651,19 +710,55 @@ mod tests {
                 json!({"type": "Validating", "rules": [], "failurePolicy": "Ignore"}),
                 &config,
             );
-            assert!(call(&ignore, &pod_request("x:1")).unwrap().is_none());
+            assert!(call(&ignore, &pod_request("x:1")).await.unwrap().is_none());
         }
     }
 
-    #[test]
-    fn denials_carry_the_plugins_message_and_code() {
+    // Admission plugins run on the request's own task: one that spins must
+    // not hold the worker thread until its timeout. On a single-threaded
+    // runtime, a timer task keeps ticking while the plugin loops.
+    #[tokio::test]
+    async fn a_spinning_plugin_leaves_the_worker_to_other_tasks() {
+        let spin = plugin(
+            artifacts::FAULT_ADMISSION_PATH,
+            "loop",
+            json!({"type": "Validating", "rules": []}),
+            r#"{"mode": "loop"}"#,
+        );
+        let started = std::time::Instant::now();
+        let ticks = async {
+            for _ in 0..5 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            started.elapsed()
+        };
+        let request = pod_request("x:1");
+        let (result, ticked) = tokio::join!(call(&spin, &request), ticks);
+        let err = result.unwrap_err();
+        assert!(err.status()["message"]
+            .as_str()
+            .unwrap()
+            .contains("timed out"));
+        let timed_out = started.elapsed();
+        assert!(timed_out >= Duration::from_millis(300), "{timed_out:?}");
+        assert!(
+            ticked < Duration::from_millis(200),
+            "the timer task ran only after {ticked:?}, behind a plugin that timed out after {timed_out:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn denials_carry_the_plugins_message_and_code() {
         let p = plugin(
             artifacts::DENY_LATEST_PATH,
             "deny-latest",
             json!({"type": "Validating", "rules": []}),
             "{}",
         );
-        let resp = call(&p, &pod_request("nginx:latest")).unwrap().unwrap();
+        let resp = call(&p, &pod_request("nginx:latest"))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(!resp.allowed);
         let err = denied(&p, &resp);
         assert_eq!(err.code(), http::StatusCode::FORBIDDEN);
@@ -672,7 +767,7 @@ mod tests {
             "admission webhook \"deny-latest\" denied the request: container \"c\" image \"nginx:latest\" uses the :latest tag; pin a version tag or a digest"
         );
         // Allowed, with a warning; the instance goes back to the pool.
-        let resp = call(&p, &pod_request("nginx:1.27")).unwrap().unwrap();
+        let resp = call(&p, &pod_request("nginx:1.27")).await.unwrap().unwrap();
         assert!(resp.allowed);
         assert_eq!(
             resp.warnings,
@@ -694,15 +789,15 @@ mod tests {
             .ends_with("denied the request without explanation"));
     }
 
-    #[test]
-    fn defaults_plugin_patch_applies() {
+    #[tokio::test]
+    async fn defaults_plugin_patch_applies() {
         let p = plugin(
             artifacts::DEFAULTS_PATH,
             "defaults",
             json!({"type": "Mutating", "rules": []}),
             r#"{"team": "t"}"#,
         );
-        let resp = call(&p, &pod_request("x:1")).unwrap().unwrap();
+        let resp = call(&p, &pod_request("x:1")).await.unwrap().unwrap();
         let mut obj: Value =
             serde_json::from_str::<Value>(&pod_request("x:1")).unwrap()["object"].take();
         wasm::apply_patch(&mut obj, resp.patch.as_deref().unwrap()).unwrap();

@@ -38,25 +38,25 @@ impl AdmissionPlugin {
     /// Review one request: take a pooled instance (or make one), bring its
     /// view up to date, call, and return the instance to the pool unless the
     /// call poisoned it.
-    pub fn review(&self, request: &str) -> Result<AdmissionResponse, PluginError> {
+    pub async fn review(&self, request: &str) -> Result<AdmissionResponse, PluginError> {
         let pooled = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let (mut instance, mut seq) = match pooled {
             Some(i) => i,
-            None => self.instantiate()?,
+            None => self.instantiate().await?,
         };
         if let Some(Some(view)) = self.view.get() {
             match view.since(seq) {
                 Some((events, next)) => {
                     if !events.is_empty() {
-                        instance.observe(&events)?;
+                        instance.observe(&events).await?;
                     }
                     seq = next;
                 }
                 // Too far behind: start over from the current objects.
-                None => (instance, seq) = self.instantiate()?,
+                None => (instance, seq) = self.instantiate().await?,
             }
         }
-        let result = instance.review(request);
+        let result = instance.review(request).await;
         if !instance.is_poisoned() {
             let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
             if pool.len() < POOL_SIZE {
@@ -66,14 +66,14 @@ impl AdmissionPlugin {
         result
     }
 
-    fn instantiate(&self) -> Result<(AdmissionInstance, u64), PluginError> {
-        let mut instance = self.loaded.instantiate_admission()?;
-        instance.configure(&self.config)?;
+    async fn instantiate(&self) -> Result<(AdmissionInstance, u64), PluginError> {
+        let mut instance = self.loaded.instantiate_admission().await?;
+        instance.configure(&self.config).await?;
         // The first instance tells which kinds the plugin wants in its view.
         let view = match self.view.get() {
             Some(v) => v.clone(),
             None => {
-                let kinds = instance.interests()?;
+                let kinds = instance.interests().await?;
                 let v = match (&self.state, kinds.is_empty()) {
                     (Some(state), false) => Some(View::start(state.clone(), &kinds)),
                     _ => None,
@@ -85,7 +85,7 @@ impl AdmissionPlugin {
         if let Some(view) = view {
             let (events, at) = view.snapshot();
             if !events.is_empty() {
-                instance.observe(&events)?;
+                instance.observe(&events).await?;
             }
             seq = at;
         }

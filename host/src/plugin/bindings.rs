@@ -14,11 +14,14 @@ pub mod scheduler {
     });
 }
 
-/// Bindings for the `admission` world.
+/// Bindings for the `admission` world. Its exports are called with
+/// `call_async` on the request's own task (see `instance`), so they are
+/// generated async; its one import, `log`, stays a plain host function.
 pub mod admission {
     wasmtime::component::bindgen!({
         world: "admission",
         path: "../wit",
+        exports: { default: async },
         with: {
             "shoal:plugin/log": crate::plugin::bindings::scheduler::shoal::plugin::log,
             "shoal:plugin/types": crate::plugin::bindings::scheduler::shoal::plugin::types,

@@ -7,12 +7,20 @@
 //! forbids re-entering an instance that trapped anyway. Further calls return
 //! [`PluginError::Poisoned`] until the caller instantiates afresh from the
 //! [`LoadedPlugin`] (which is cheap) and replays its view.
+//!
+//! Scheduler, authorizer and router plugins are called synchronously, on
+//! their own threads or under `spawn_blocking`; an overrun traps at the epoch
+//! deadline. Admission plugins run on the API request's own task with
+//! `call_async` (no thread hop on the request path): their store yields to
+//! the executor at every epoch tick, so a slow plugin does not hold an async
+//! worker, and traps once its wall-clock deadline has passed.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use wasmtime::{Store, Trap};
+use futures::FutureExt;
+use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::bindings::{
     admission, authorizer, router, scheduler, AdmissionResponse, Attributes, Endpoint, ObjectEvent,
@@ -55,17 +63,49 @@ impl Bounded {
         Ok((bounded, bindings))
     }
 
+    /// A fresh async store for an admission plugin, instantiated under the
+    /// same bounds as a call.
+    async fn instantiate_admission(
+        loaded: &LoadedPlugin,
+        pre: &admission::AdmissionPre<HostState>,
+    ) -> Result<(Bounded, admission::Admission), PluginError> {
+        let state = HostState::new(loaded.name.clone(), &loaded.limits);
+        let mut store = Store::new(loaded.ticker.engine(), state);
+        store.limiter(|state| &mut state.limiter);
+        // Every tick the guest runs, it either yields to the executor (so a
+        // slow plugin shares the worker with other requests) or, past its
+        // wall-clock deadline, traps with `Trap::Interrupt`.
+        store.epoch_deadline_callback(|store| {
+            Ok(if Instant::now() >= store.data().deadline {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            })
+        });
+        let mut bounded = Bounded {
+            plugin: loaded.name.clone(),
+            store,
+            ticker: loaded.ticker.clone(),
+            timeout: loaded.limits.timeout,
+            poisoned: None,
+        };
+        bounded.begin_async()?;
+        let result = {
+            let _running = bounded.ticker.active();
+            AssertUnwindSafe(pre.instantiate_async(&mut bounded.store))
+                .catch_unwind()
+                .await
+        };
+        let bindings = bounded.finish(result.map_err(|p| panic_text(&*p).to_string()))?;
+        Ok((bounded, bindings))
+    }
+
     /// Runs `f` against the store under the deadline and limits.
     fn call<R>(
         &mut self,
         f: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
-        if let Some(cause) = &self.poisoned {
-            return Err(PluginError::Poisoned {
-                plugin: self.plugin.to_string(),
-                cause: cause.clone(),
-            });
-        }
+        self.usable()?;
         self.store.data_mut().begin_call();
         self.store
             .set_epoch_deadline(Ticker::ticks_for(self.timeout));
@@ -78,12 +118,40 @@ impl Bounded {
             // down, and the instance is poisoned like after a trap.
             std::panic::catch_unwind(AssertUnwindSafe(|| f(&mut self.store)))
         };
+        self.finish(result.map_err(|panic| panic_text(&*panic).to_string()))
+    }
+
+    /// Arms one async call: the instance must be usable; the deadline is
+    /// wall-clock time from now, checked at every epoch tick.
+    fn begin_async(&mut self) -> Result<(), PluginError> {
+        self.usable()?;
+        let state = self.store.data_mut();
+        state.begin_call();
+        state.deadline = Instant::now() + self.timeout;
+        self.store.set_epoch_deadline(1);
+        Ok(())
+    }
+
+    /// Fails with [`PluginError::Poisoned`] after an earlier failure.
+    fn usable(&self) -> Result<(), PluginError> {
+        match &self.poisoned {
+            Some(cause) => Err(PluginError::Poisoned {
+                plugin: self.plugin.to_string(),
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The outcome of a call (`Err` is the text of a caught host panic); a
+    /// failure poisons the instance.
+    fn finish<R>(&mut self, result: Result<wasmtime::Result<R>, String>) -> Result<R, PluginError> {
         let err = match result {
             Ok(Ok(value)) => return Ok(value),
             Ok(Err(e)) => self.classify(e),
             Err(panic) => PluginError::Trap {
                 plugin: self.plugin.to_string(),
-                message: format!("host panicked during the call: {}", panic_text(&*panic)),
+                message: format!("host panicked during the call: {panic}"),
             },
         };
         self.poisoned = Some(err.to_string());
@@ -170,11 +238,11 @@ impl LoadedPlugin {
     }
 
     /// A fresh instance of an `admission` plugin.
-    pub fn instantiate_admission(&self) -> Result<AdmissionInstance, PluginError> {
+    pub async fn instantiate_admission(&self) -> Result<AdmissionInstance, PluginError> {
         let WorldPre::Admission(pre) = &*self.pre else {
             return Err(self.wrong_kind(PluginKind::Admission));
         };
-        let (bounded, bindings) = Bounded::instantiate(self, |store| pre.instantiate(store))?;
+        let (bounded, bindings) = Bounded::instantiate_admission(self, pre).await?;
         Ok(AdmissionInstance { bounded, bindings })
     }
 
@@ -249,31 +317,45 @@ pub struct AdmissionInstance {
     bindings: admission::Admission,
 }
 
+/// Runs one async export call of an admission instance under its bounds.
+/// (A macro rather than a method taking a closure: the call's future borrows
+/// the store, and its `Send`-ness must stay visible to axum's handlers.)
+macro_rules! call_async {
+    ($self:ident, |$policy:ident, $store:ident| $call:expr) => {{
+        let $policy = $self.bindings.shoal_plugin_admission_policy();
+        let bounded = &mut $self.bounded;
+        bounded.begin_async()?;
+        let result = {
+            let _running = bounded.ticker.active();
+            let $store = &mut bounded.store;
+            AssertUnwindSafe($call).catch_unwind().await
+        };
+        bounded.finish(result.map_err(|p| panic_text(&*p).to_string()))
+    }};
+}
+
 impl AdmissionInstance {
     /// Kinds the plugin wants in its view.
-    pub fn interests(&mut self) -> Result<Vec<String>, PluginError> {
-        let policy = self.bindings.shoal_plugin_admission_policy();
-        self.bounded.call(|s| policy.call_interests(s))
+    pub async fn interests(&mut self) -> Result<Vec<String>, PluginError> {
+        call_async!(self, |policy, store| policy.call_interests(store))
     }
 
     /// Passes the Plugin object's `spec.config` JSON; the plugin may refuse it.
-    pub fn configure(&mut self, config_json: &str) -> Result<(), PluginError> {
-        let policy = self.bindings.shoal_plugin_admission_policy();
-        self.bounded
-            .call(|s| policy.call_configure(s, config_json))?
-            .map_err(|m| self.bounded.guest_error(m))
+    pub async fn configure(&mut self, config_json: &str) -> Result<(), PluginError> {
+        call_async!(self, |policy, store| policy
+            .call_configure(store, config_json))?
+        .map_err(|m| self.bounded.guest_error(m))
     }
 
     /// Feeds a batch of changes to the plugin's view.
-    pub fn observe(&mut self, events: &[ObjectEvent]) -> Result<(), PluginError> {
-        let policy = self.bindings.shoal_plugin_admission_policy();
-        self.bounded.call(|s| policy.call_observe(s, events))
+    pub async fn observe(&mut self, events: &[ObjectEvent]) -> Result<(), PluginError> {
+        call_async!(self, |policy, store| policy.call_observe(store, events))
     }
 
     /// Reviews one AdmissionReview `request` (JSON).
-    pub fn review(&mut self, request_json: &str) -> Result<AdmissionResponse, PluginError> {
-        let policy = self.bindings.shoal_plugin_admission_policy();
-        self.bounded.call(|s| policy.call_review(s, request_json))
+    pub async fn review(&mut self, request_json: &str) -> Result<AdmissionResponse, PluginError> {
+        call_async!(self, |policy, store| policy
+            .call_review(store, request_json))
     }
 
     /// Whether an earlier failure made this instance unusable.

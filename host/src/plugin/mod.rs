@@ -7,7 +7,9 @@
 //!   bounds (epoch deadline, memory limits, poisoning) around every call.
 //! - `sandbox`: what a plugin can reach: `log`, and WASI with nothing granted.
 //!
-//! Calls are synchronous; async callers run them under `spawn_blocking`.
+//! Scheduler, authorizer and router calls are synchronous (async callers run
+//! them under `spawn_blocking`); admission calls are async, made on the API
+//! request's own task (see `instance`).
 
 pub mod artifacts;
 pub mod bindings;

@@ -188,8 +188,13 @@ fn linker(engine: &Engine, kind: PluginKind) -> wasmtime::Result<Linker<HostStat
     use wasmtime::component::HasSelf;
     let mut linker = Linker::new(engine);
     // The sandbox's WasiCtx grants nothing; linking WASI just lets components
-    // built for wasm32-wasip2 (whose std imports it) instantiate.
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    // built for wasm32-wasip2 (whose std imports it) instantiate. Admission
+    // plugins are called on async tasks, so they get WASI's async host
+    // functions (which await instead of blocking on the runtime).
+    match kind {
+        PluginKind::Admission => wasmtime_wasi::p2::add_to_linker_async(&mut linker)?,
+        _ => wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?,
+    }
     match kind {
         PluginKind::Scheduler => {
             scheduler::Scheduler::add_to_linker::<_, HasSelf<HostState>>(&mut linker, host_state)?

@@ -8,6 +8,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
 use wasmtime::component::ResourceTable;
@@ -35,6 +36,8 @@ pub(crate) struct HostState {
     /// The same stream the guest's stderr writes to, to quote it in errors.
     stderr: LogStream,
     pub(crate) limiter: Limiter,
+    /// When the current async call must stop (see `instance`'s epoch callback).
+    pub(crate) deadline: Instant,
 }
 
 impl HostState {
@@ -56,6 +59,7 @@ impl HostState {
             table: ResourceTable::new(),
             stderr,
             limiter: Limiter::new(limits),
+            deadline: Instant::now(),
             plugin,
         }
     }

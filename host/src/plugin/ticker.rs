@@ -3,9 +3,10 @@
 //! Wasmtime's epoch interruption checks a counter at function entries and loop
 //! back-edges; a store traps once the counter passes its deadline. Something
 //! must advance that counter. We use one plain OS thread per engine rather than
-//! a tokio timer because plugin calls are synchronous and happen on the
+//! a tokio timer because most plugin calls are synchronous and happen on the
 //! scheduler's own thread or under `spawn_blocking`, where the async runtime may
-//! be busy or absent; a deadline must not depend on it.
+//! be busy or absent; a deadline must not depend on it. (Admission calls are
+//! async; the same ticks make their guests yield, see `instance`.)
 //!
 //! The thread ticks every millisecond, which gives timeouts millisecond
 //! precision, but only while at least one call is in flight: when no plugin

@@ -5,8 +5,12 @@
 //! Config (every key optional): `{"cpu": "100m", "memory": "64Mi", "team": "platform"}`;
 //! an empty string turns that default off.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 wit_bindgen::generate!({
@@ -38,94 +42,150 @@ thread_local! {
     static CONFIG: RefCell<Config> = RefCell::new(Config::default());
 }
 
-/// Where the pod template's metadata and spec live for `kind`.
-fn pod_pointers(kind: &str) -> Option<(&'static str, &'static str)> {
-    match kind {
-        "Pod" => Some(("/metadata", "/spec")),
-        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" | "Job" => {
-            Some(("/spec/template/metadata", "/spec/template/spec"))
+/// The parts of an AdmissionReview request this plugin reads; everything
+/// else is skipped without being built. The object stays raw text until its
+/// kind says it holds a pod spec.
+#[derive(Deserialize)]
+struct Request<'a> {
+    #[serde(default)]
+    kind: GroupVersionKind<'a>,
+    #[serde(borrow)]
+    object: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize, Default)]
+struct GroupVersionKind<'a> {
+    #[serde(borrow, default)]
+    kind: Cow<'a, str>,
+}
+
+/// A pod, or a workload whose `spec.template` is one (same shape again).
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Object {
+    metadata: Option<Metadata>,
+    spec: Option<Spec>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Metadata {
+    labels: Option<Labels>,
+}
+
+/// Only whether a `team` label is there matters.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Labels {
+    team: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct Spec {
+    init_containers: Option<Vec<Container>>,
+    containers: Option<Vec<Container>>,
+    template: Option<Box<Object>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Container {
+    resources: Option<Resources>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Resources {
+    requests: Option<Quantities>,
+    limits: Option<Quantities>,
+}
+
+/// Which of the two defaulted resources a map names.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Quantities {
+    cpu: Option<IgnoredAny>,
+    memory: Option<IgnoredAny>,
+}
+
+impl Quantities {
+    fn has(&self, resource: &str) -> bool {
+        match resource {
+            "cpu" => self.cpu.is_some(),
+            _ => self.memory.is_some(),
         }
+    }
+}
+
+/// Where the pod (template) lives in an object of `kind`: `""` for a Pod,
+/// `"/spec/template"` for a workload.
+fn pod_base(kind: &str) -> Option<&'static str> {
+    match kind {
+        "Pod" => Some(""),
+        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" | "Job" => Some("/spec/template"),
         _ => None,
     }
 }
 
-/// Escape one JSON Pointer token (RFC 6901).
-fn token(s: &str) -> String {
-    s.replace('~', "~0").replace('/', "~1")
-}
-
-/// The patch operations that apply `cfg` to `obj` (a `kind` object).
-fn patch_for(obj: &Value, kind: &str, cfg: &Config) -> Vec<Value> {
+/// The patch operations that apply `cfg` to the pod (template) `pod`, found
+/// at JSON Pointer `base` in the object.
+fn patch_for(pod: &Object, base: &str, cfg: &Config) -> Vec<Value> {
     let mut ops = Vec::new();
-    let Some((meta_ptr, spec_ptr)) = pod_pointers(kind) else {
-        return ops;
-    };
     if !cfg.team.is_empty() {
-        match obj.pointer(meta_ptr) {
-            None => ops.push(json!({"op": "add", "path": meta_ptr, "value": {"labels": {"team": cfg.team}}})),
-            Some(meta) => match meta.get("labels") {
-                Some(Value::Object(labels)) => {
-                    if !labels.contains_key("team") {
-                        ops.push(json!({"op": "add", "path": format!("{meta_ptr}/labels/{}", token("team")), "value": cfg.team}));
-                    }
+        match &pod.metadata {
+            None => ops.push(json!({"op": "add", "path": format!("{base}/metadata"), "value": {"labels": {"team": cfg.team}}})),
+            Some(Metadata { labels: Some(labels) }) => {
+                if labels.team.is_none() {
+                    ops.push(json!({"op": "add", "path": format!("{base}/metadata/labels/team"), "value": cfg.team}));
                 }
-                _ => ops.push(json!({"op": "add", "path": format!("{meta_ptr}/labels"), "value": {"team": cfg.team}})),
-            },
+            }
+            Some(Metadata { labels: None }) => ops.push(json!({"op": "add", "path": format!("{base}/metadata/labels"), "value": {"team": cfg.team}})),
         }
     }
     let wanted: Vec<(&str, &str)> = [("cpu", cfg.cpu.as_str()), ("memory", cfg.memory.as_str())]
         .into_iter()
         .filter(|(_, v)| !v.is_empty())
         .collect();
-    if wanted.is_empty() {
+    let Some(spec) = pod.spec.as_ref().filter(|_| !wanted.is_empty()) else {
         return ops;
-    }
-    for list in ["initContainers", "containers"] {
-        let containers = obj
-            .pointer(&format!("{spec_ptr}/{list}"))
-            .and_then(Value::as_array);
-        for (i, c) in containers.into_iter().flatten().enumerate() {
-            let base = format!("{spec_ptr}/{list}/{i}/resources");
-            let resources = c.get("resources").filter(|r| r.is_object());
-            let requests = resources
-                .and_then(|r| r.get("requests"))
-                .filter(|r| r.is_object());
-            let limits = resources
-                .and_then(|r| r.get("limits"))
-                .filter(|r| r.is_object());
+    };
+    for (list, containers) in [
+        ("initContainers", &spec.init_containers),
+        ("containers", &spec.containers),
+    ] {
+        for (i, c) in containers.iter().flatten().enumerate() {
+            let path = format!("{base}/spec/{list}/{i}/resources");
+            let resources = c.resources.as_ref();
+            let requests = resources.and_then(|r| r.requests.as_ref());
+            let limits = resources.and_then(|r| r.limits.as_ref());
             // A container that sets a limit but no request gets the limit as
             // its request from the API server; leave those alone.
             let missing: Vec<(&str, &str)> = wanted
                 .iter()
                 .copied()
                 .filter(|(k, _)| {
-                    requests.and_then(|r| r.get(*k)).is_none()
-                        && limits.and_then(|l| l.get(*k)).is_none()
+                    !requests.is_some_and(|r| r.has(k)) && !limits.is_some_and(|l| l.has(k))
                 })
                 .collect();
             if missing.is_empty() {
                 continue;
             }
+            let map = || -> serde_json::Map<String, Value> {
+                missing
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), json!(v)))
+                    .collect()
+            };
             match (resources, requests) {
                 (None, _) => {
-                    let req: serde_json::Map<String, Value> = missing
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), json!(v)))
-                        .collect();
-                    ops.push(json!({"op": "add", "path": base, "value": {"requests": req}}));
+                    ops.push(json!({"op": "add", "path": path, "value": {"requests": map()}}))
                 }
-                (Some(_), None) => {
-                    let req: serde_json::Map<String, Value> = missing
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), json!(v)))
-                        .collect();
-                    ops.push(
-                        json!({"op": "add", "path": format!("{base}/requests"), "value": req}),
-                    );
-                }
+                (Some(_), None) => ops
+                    .push(json!({"op": "add", "path": format!("{path}/requests"), "value": map()})),
                 (Some(_), Some(_)) => {
-                    for (k, v) in missing {
-                        ops.push(json!({"op": "add", "path": format!("{base}/requests/{}", token(k)), "value": v}));
+                    for (k, v) in &missing {
+                        ops.push(json!({"op": "add", "path": format!("{path}/requests/{k}"), "value": v}));
                     }
                 }
             }
@@ -169,17 +229,24 @@ impl Guest for Component {
             patch: None,
             warnings: Vec::new(),
         };
-        let Ok(req) = serde_json::from_str::<Value>(&request) else {
+        // The host sends valid requests; anything else is left alone.
+        let Ok(req) = serde_json::from_str::<Request>(&request) else {
             return resp;
         };
-        let kind = req
-            .pointer("/kind/kind")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let Some(obj) = req.get("object").filter(|o| o.is_object()) else {
+        let (Some(base), Some(raw)) = (pod_base(&req.kind.kind), req.object) else {
             return resp;
         };
-        let ops = CONFIG.with_borrow(|cfg| patch_for(obj, kind, cfg));
+        let Ok(obj) = serde_json::from_str::<Object>(raw.get()) else {
+            return resp;
+        };
+        let pod = match base {
+            "" => Some(&obj),
+            _ => obj.spec.as_ref().and_then(|s| s.template.as_deref()),
+        };
+        let ops = match pod {
+            Some(pod) => CONFIG.with_borrow(|cfg| patch_for(pod, base, cfg)),
+            None => Vec::new(),
+        };
         if !ops.is_empty() {
             resp.patch = Some(Value::Array(ops).to_string());
         }

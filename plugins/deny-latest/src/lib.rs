@@ -4,8 +4,11 @@
 //! Images with a tag but no digest pass with a warning unless the config says
 //! `{"warnUndigested": false}`.
 
+use std::borrow::Cow;
 use std::cell::Cell;
 
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 wit_bindgen::generate!({
@@ -20,21 +23,18 @@ thread_local! {
     static WARN_UNDIGESTED: Cell<bool> = const { Cell::new(true) };
 }
 
-/// Where the pod spec of an object of `kind` lives.
-fn pod_spec_pointer(kind: &str) -> Option<&'static str> {
-    match kind {
-        "Pod" => Some("/spec"),
-        "PodTemplate" => Some("/template/spec"),
-        "Deployment"
-        | "ReplicaSet"
-        | "StatefulSet"
-        | "DaemonSet"
-        | "Job"
-        | "ReplicationController" => Some("/spec/template/spec"),
-        "CronJob" => Some("/spec/jobTemplate/spec/template/spec"),
-        _ => None,
-    }
-}
+/// Kinds that carry a pod spec (see [`pod_spec`]).
+const POD_KINDS: &[&str] = &[
+    "Pod",
+    "PodTemplate",
+    "Deployment",
+    "ReplicaSet",
+    "StatefulSet",
+    "DaemonSet",
+    "Job",
+    "ReplicationController",
+    "CronJob",
+];
 
 /// What is wrong with an image reference, if anything: `Some(reason)` refuses.
 fn image_problem(image: &str) -> Option<&'static str> {
@@ -52,36 +52,119 @@ fn image_problem(image: &str) -> Option<&'static str> {
     }
 }
 
-/// Review one object: denial messages and warnings.
-fn check(obj: &Value, kind: &str) -> (Vec<String>, Vec<String>) {
+/// The parts of an AdmissionReview request this plugin reads. Everything else
+/// is skipped without being built, and the object is kept as raw text until
+/// its kind says it holds a pod spec (an unrelated object may use the same
+/// field names for other things).
+#[derive(Deserialize)]
+struct Request<'a> {
+    #[serde(default)]
+    kind: GroupVersionKind<'a>,
+    #[serde(borrow)]
+    object: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize, Default)]
+struct GroupVersionKind<'a> {
+    #[serde(borrow, default)]
+    kind: Cow<'a, str>,
+}
+
+/// An object with a pod spec somewhere: `spec` (Pod), `template.spec`
+/// (PodTemplate), `spec.template.spec` (workloads) or
+/// `spec.jobTemplate.spec.template.spec` (CronJob). One recursive shape
+/// covers them all; unknown fields are ignored.
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct Object<'a> {
+    #[serde(borrow)]
+    spec: Option<Spec<'a>>,
+    #[serde(borrow)]
+    template: Option<Box<Object<'a>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct Spec<'a> {
+    #[serde(borrow)]
+    init_containers: Option<Vec<Container<'a>>>,
+    #[serde(borrow)]
+    containers: Option<Vec<Container<'a>>>,
+    #[serde(borrow)]
+    ephemeral_containers: Option<Vec<Container<'a>>>,
+    #[serde(borrow)]
+    template: Option<Box<Object<'a>>>,
+    #[serde(borrow)]
+    job_template: Option<Box<Object<'a>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Container<'a> {
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    image: Option<Cow<'a, str>>,
+}
+
+/// The pod spec of an object of `kind`, if that kind has one.
+fn pod_spec<'o, 'a>(obj: &'o Object<'a>, kind: &str) -> Option<&'o Spec<'a>> {
+    let spec = obj.spec.as_ref();
+    let template_spec = |o: Option<&'o Object<'a>>| o.and_then(|t| t.spec.as_ref());
+    match kind {
+        "Pod" => spec,
+        "PodTemplate" => template_spec(obj.template.as_deref()),
+        "Deployment"
+        | "ReplicaSet"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "Job"
+        | "ReplicationController" => template_spec(spec.and_then(|s| s.template.as_deref())),
+        "CronJob" => template_spec(
+            spec.and_then(|s| s.job_template.as_deref())
+                .and_then(|j| j.spec.as_ref())
+                .and_then(|s| s.template.as_deref()),
+        ),
+        _ => None,
+    }
+}
+
+/// Review one pod spec: denial messages and warnings.
+fn check(spec: &Spec<'_>) -> (Vec<String>, Vec<String>) {
     let (mut denials, mut warnings) = (Vec::new(), Vec::new());
-    let Some(spec) = pod_spec_pointer(kind).and_then(|p| obj.pointer(p)) else {
-        return (denials, warnings);
-    };
-    for list in ["initContainers", "containers", "ephemeralContainers"] {
-        for c in spec
-            .get(list)
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let name = c.get("name").and_then(Value::as_str).unwrap_or("");
-            let image = c.get("image").and_then(Value::as_str).unwrap_or("");
-            if image.is_empty() {
-                continue;
-            }
-            match image_problem(image) {
-                Some(why) => denials.push(format!(
-                    "container \"{name}\" image \"{image}\" {why}; pin a version tag or a digest"
-                )),
-                None if !image.contains('@') && WARN_UNDIGESTED.get() => warnings.push(format!(
-                    "container \"{name}\" image \"{image}\" is not pinned by digest"
-                )),
-                None => {}
-            }
+    let lists = [
+        &spec.init_containers,
+        &spec.containers,
+        &spec.ephemeral_containers,
+    ];
+    for c in lists.into_iter().flatten().flatten() {
+        let name = c.name.as_deref().unwrap_or("");
+        let image = c.image.as_deref().unwrap_or("");
+        if image.is_empty() {
+            continue;
+        }
+        match image_problem(image) {
+            Some(why) => denials.push(format!(
+                "container \"{name}\" image \"{image}\" {why}; pin a version tag or a digest"
+            )),
+            None if !image.contains('@') && WARN_UNDIGESTED.get() => warnings.push(format!(
+                "container \"{name}\" image \"{image}\" is not pinned by digest"
+            )),
+            None => {}
         }
     }
     (denials, warnings)
+}
+
+/// Refuses a request that is not what the host sends.
+fn bad_request(message: String) -> AdmissionResponse {
+    AdmissionResponse {
+        allowed: false,
+        code: Some(400),
+        message: Some(format!("deny-latest: {message}")),
+        patch: None,
+        warnings: Vec::new(),
+    }
 }
 
 struct Component;
@@ -115,23 +198,25 @@ impl Guest for Component {
             patch: None,
             warnings,
         };
-        let Ok(req) = serde_json::from_str::<Value>(&request) else {
-            return AdmissionResponse {
-                allowed: false,
-                code: Some(400),
-                message: Some("deny-latest: the request is not JSON".into()),
-                patch: None,
-                warnings: Vec::new(),
-            };
+        let req: Request = match serde_json::from_str(&request) {
+            Ok(req) => req,
+            Err(e) => return bad_request(format!("the request is not JSON: {e}")),
         };
-        let kind = req
-            .pointer("/kind/kind")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let Some(obj) = req.get("object").filter(|o| o.is_object()) else {
+        let kind = &*req.kind.kind;
+        let Some(raw) = req.object.filter(|o| o.get().starts_with('{')) else {
             return allow(Vec::new());
         };
-        let (denials, warnings) = check(obj, kind);
+        if !POD_KINDS.contains(&kind) {
+            return allow(Vec::new());
+        }
+        let obj: Object = match serde_json::from_str(raw.get()) {
+            Ok(obj) => obj,
+            Err(e) => return bad_request(format!("the {kind} is not a valid object: {e}")),
+        };
+        let Some(spec) = pod_spec(&obj, kind) else {
+            return allow(Vec::new());
+        };
+        let (denials, warnings) = check(spec);
         if denials.is_empty() {
             return allow(warnings);
         }
