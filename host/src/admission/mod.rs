@@ -280,7 +280,7 @@ async fn mutate_only(
                     if (obj["apiVersion"].clone(), obj["kind"].clone()) != before {
                         return Err("the patch may not change apiVersion or kind".into());
                     }
-                    (info.codec)(obj.clone()).map(|_| ())
+                    (info.check)(&obj)
                 });
                 if let Err(e) = applied {
                     return Err(ApiError::Internal(format!(

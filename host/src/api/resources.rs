@@ -13,10 +13,22 @@ fn codec<T: serde::de::DeserializeOwned + serde::Serialize>(v: Value) -> Result<
     serde_json::to_value(typed).map_err(|e| e.to_string())
 }
 
+/// Checks that an object decodes as the kind's typed form, without building
+/// it back (cheaper than [`Codec`] when the object itself is kept).
+pub type Check = fn(&Value) -> Result<(), String>;
+
+fn check<T: serde::de::DeserializeOwned>(v: &Value) -> Result<(), String> {
+    T::deserialize(v).map(drop).map_err(|e| e.to_string())
+}
+
 /// Our own kinds have no k8s-openapi type: accept any object.
 fn untyped(v: Value) -> Result<Value, String> {
+    check_untyped(&v).map(|()| v)
+}
+
+fn check_untyped(v: &Value) -> Result<(), String> {
     if v.is_object() {
-        Ok(v)
+        Ok(())
     } else {
         Err("expected an object".into())
     }
@@ -47,6 +59,8 @@ pub struct ResourceInfo {
     pub field_selectors: &'static [&'static str],
     /// Typed codec.
     pub codec: Codec,
+    /// The codec's check alone.
+    pub check: Check,
 }
 
 impl ResourceInfo {
@@ -81,7 +95,13 @@ impl ResourceInfo {
 }
 
 macro_rules! res {
-    ($g:expr, $v:expr, $plural:expr, $singular:expr, $kind:expr, $ns:expr, $short:expr, $cat:expr, $sub:expr, $fs:expr, $codec:expr) => {
+    ($g:expr, $v:expr, $plural:expr, $singular:expr, $kind:expr, $ns:expr, $short:expr, $cat:expr, $sub:expr, $fs:expr, codec::<$t:ty>) => {
+        res!(@ $g, $v, $plural, $singular, $kind, $ns, $short, $cat, $sub, $fs, codec::<$t>, check::<$t>)
+    };
+    ($g:expr, $v:expr, $plural:expr, $singular:expr, $kind:expr, $ns:expr, $short:expr, $cat:expr, $sub:expr, $fs:expr, untyped) => {
+        res!(@ $g, $v, $plural, $singular, $kind, $ns, $short, $cat, $sub, $fs, untyped, check_untyped)
+    };
+    (@ $g:expr, $v:expr, $plural:expr, $singular:expr, $kind:expr, $ns:expr, $short:expr, $cat:expr, $sub:expr, $fs:expr, $codec:expr, $check:expr) => {
         ResourceInfo {
             group: $g,
             version: $v,
@@ -94,6 +114,7 @@ macro_rules! res {
             subresources: $sub,
             field_selectors: $fs,
             codec: $codec,
+            check: $check,
         }
     };
 }
@@ -651,5 +672,43 @@ pub fn sub_kind(r: &ResourceInfo, sub: &str) -> (&'static str, &'static str, &'s
             },
         ),
         _ => ("", "", ""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    // The check alone (used on objects that admission plugins patched) refuses
+    // exactly what the codec refuses, with the same message.
+    #[test]
+    fn check_agrees_with_the_codec() {
+        let pods = RESOURCES.iter().find(|r| r.kind == "Pod").unwrap();
+        let plugins = RESOURCES.iter().find(|r| r.kind == "Plugin").unwrap();
+        for (info, obj) in [
+            (
+                pods,
+                json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c"}]}}),
+            ),
+            (
+                pods,
+                json!({"metadata": {"name": "p"}, "spec": {"containers": "c"}}),
+            ),
+            (pods, json!({"metadata": {"labels": {"a": 1}}})),
+            (
+                pods,
+                json!({"spec": {"containers": [{"name": "c", "x-unknown": true}]}}),
+            ),
+            (plugins, json!({"spec": {"anything": [1, 2]}})),
+            (plugins, json!(["not", "an", "object"])),
+        ] {
+            let checked = (info.check)(&obj);
+            let decoded = (info.codec)(obj.clone()).map(drop);
+            assert_eq!(checked, decoded, "{obj}");
+        }
+        assert!((pods.check)(&json!({"spec": {"containers": "c"}}))
+            .unwrap_err()
+            .contains("invalid type: string \"c\", expected a sequence"));
     }
 }
