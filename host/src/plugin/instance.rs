@@ -41,22 +41,27 @@ struct Bounded {
 }
 
 impl Bounded {
-    /// A fresh store for `loaded`, and whatever `instantiate` builds in it.
-    fn instantiate<T>(
-        loaded: &LoadedPlugin,
-        instantiate: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<T>,
-    ) -> Result<(Bounded, T), PluginError> {
+    /// A fresh, empty store for `loaded`, with its sandbox and limits.
+    fn new(loaded: &LoadedPlugin) -> Bounded {
         let state = HostState::new(loaded.name.clone(), &loaded.limits);
         let mut store = Store::new(loaded.ticker.engine(), state);
         store.limiter(|state| &mut state.limiter);
-        store.epoch_deadline_trap();
-        let mut bounded = Bounded {
+        Bounded {
             plugin: loaded.name.clone(),
             store,
             ticker: loaded.ticker.clone(),
             timeout: loaded.limits.timeout,
             poisoned: None,
-        };
+        }
+    }
+
+    /// A fresh store for `loaded`, and whatever `instantiate` builds in it.
+    fn instantiate<T>(
+        loaded: &LoadedPlugin,
+        instantiate: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<T>,
+    ) -> Result<(Bounded, T), PluginError> {
+        let mut bounded = Bounded::new(loaded);
+        bounded.store.epoch_deadline_trap();
         // Instantiation runs guest code (start functions, data initialisers),
         // so it gets the same bounds as a call.
         let bindings = bounded.call(instantiate)?;
@@ -69,26 +74,17 @@ impl Bounded {
         loaded: &LoadedPlugin,
         pre: &admission::AdmissionPre<HostState>,
     ) -> Result<(Bounded, admission::Admission), PluginError> {
-        let state = HostState::new(loaded.name.clone(), &loaded.limits);
-        let mut store = Store::new(loaded.ticker.engine(), state);
-        store.limiter(|state| &mut state.limiter);
+        let mut bounded = Bounded::new(loaded);
         // Every tick the guest runs, it either yields to the executor (so a
         // slow plugin shares the worker with other requests) or, past its
         // wall-clock deadline, traps with `Trap::Interrupt`.
-        store.epoch_deadline_callback(|store| {
+        bounded.store.epoch_deadline_callback(|store| {
             Ok(if Instant::now() >= store.data().deadline {
                 UpdateDeadline::Interrupt
             } else {
                 UpdateDeadline::Yield(1)
             })
         });
-        let mut bounded = Bounded {
-            plugin: loaded.name.clone(),
-            store,
-            ticker: loaded.ticker.clone(),
-            timeout: loaded.limits.timeout,
-            poisoned: None,
-        };
         bounded.begin_async()?;
         let result = {
             let _running = bounded.ticker.active();
