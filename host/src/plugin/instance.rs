@@ -11,9 +11,10 @@
 //! Scheduler, authorizer and router plugins are called synchronously, on
 //! their own threads or under `spawn_blocking`; an overrun traps at the epoch
 //! deadline. Admission plugins run on the API request's own task with
-//! `call_async` (no thread hop on the request path): their store yields to
-//! the executor at every epoch tick, so a slow plugin does not hold an async
-//! worker, and traps once its wall-clock deadline has passed.
+//! `call_async` (no thread hop on the request path): a call that has run for
+//! a few milliseconds yields to the executor at every epoch tick, so a slow
+//! plugin does not hold an async worker, and traps once its wall-clock
+//! deadline has passed.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -30,6 +31,11 @@ use super::runtime::{LoadedPlugin, WorldPre};
 use super::sandbox::HostState;
 use super::ticker::Ticker;
 use super::{PluginError, PluginKind};
+
+/// How long an async (admission) call runs before it starts yielding to the
+/// executor at every epoch tick. With yields from the first tick, ten Python
+/// admission plugins added ~10 µs each to a request (docs/BENCHMARKS.md).
+const YIELD_AFTER: Duration = Duration::from_millis(5);
 
 /// A store with its bounds; what every world wrapper is built on.
 struct Bounded {
@@ -75,14 +81,20 @@ impl Bounded {
         pre: &admission::AdmissionPre<HostState>,
     ) -> Result<(Bounded, admission::Admission), PluginError> {
         let mut bounded = Bounded::new(loaded);
-        // Every tick the guest runs, it either yields to the executor (so a
-        // slow plugin shares the worker with other requests) or, past its
-        // wall-clock deadline, traps with `Trap::Interrupt`.
+        // At every tick the guest runs: past its wall-clock deadline it traps
+        // with `Trap::Interrupt`; after `YIELD_AFTER` it yields to the
+        // executor, so a slow plugin shares the worker with other requests;
+        // before that it runs on (a yield costs a short call a trip through
+        // the run queue, maybe to the other core).
         bounded.store.epoch_deadline_callback(|store| {
-            Ok(if Instant::now() >= store.data().deadline {
+            let now = Instant::now();
+            let state = store.data();
+            Ok(if now >= state.deadline {
                 UpdateDeadline::Interrupt
+            } else if now.duration_since(state.started) >= YIELD_AFTER {
+                UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))
             } else {
-                UpdateDeadline::Yield(1)
+                UpdateDeadline::Continue(1)
             })
         });
         bounded.begin_async()?;
@@ -123,7 +135,8 @@ impl Bounded {
         self.usable()?;
         let state = self.store.data_mut();
         state.begin_call();
-        state.deadline = Instant::now() + self.timeout;
+        state.started = Instant::now();
+        state.deadline = state.started + self.timeout;
         self.store.set_epoch_deadline(1);
         Ok(())
     }

@@ -36,7 +36,9 @@ pub(crate) struct HostState {
     /// The same stream the guest's stderr writes to, to quote it in errors.
     stderr: LogStream,
     pub(crate) limiter: Limiter,
-    /// When the current async call must stop (see `instance`'s epoch callback).
+    /// When the current async call started (see `instance`'s epoch callback).
+    pub(crate) started: Instant,
+    /// When the current async call must stop.
     pub(crate) deadline: Instant,
 }
 
@@ -59,6 +61,7 @@ impl HostState {
             table: ResourceTable::new(),
             stderr,
             limiter: Limiter::new(limits),
+            started: Instant::now(),
             deadline: Instant::now(),
             plugin,
         }
