@@ -625,71 +625,33 @@ impl SharedRefs {
     /// The shared objects to create and remove for `changes` (old, new
     /// fragment pairs), given the users counted so far.
     pub fn plan(&self, changes: &[(&Fragments, &Fragments)]) -> SharedPlan {
-        type Delta<'a, K, V> = HashMap<K, (isize, &'a V)>;
         let mut chains: [Delta<'_, String, Vec<String>>; 2] = Default::default();
         let mut elements: [Delta<'_, (&'static str, String), String>; 2] = Default::default();
         for (o, n) in changes {
             for fam in Family::BOTH {
                 let i = fam.index();
                 let (o, n) = (&o[i].shared, &n[i].shared);
-                if o == n {
-                    continue;
-                }
-                for (name, rules) in &n.chains {
-                    if !o.chains.contains_key(name) {
-                        chains[i].entry(name.clone()).or_insert((0, rules)).0 += 1;
-                    }
-                }
-                for (name, rules) in &o.chains {
-                    if !n.chains.contains_key(name) {
-                        chains[i].entry(name.clone()).or_insert((0, rules)).0 -= 1;
-                    }
-                }
-                for (key, v) in &n.elements {
-                    if !o.elements.contains_key(key) {
-                        elements[i].entry(key.clone()).or_insert((0, v)).0 += 1;
-                    }
-                }
-                for (key, v) in &o.elements {
-                    if !n.elements.contains_key(key) {
-                        elements[i].entry(key.clone()).or_insert((0, v)).0 -= 1;
-                    }
+                if o != n {
+                    count_users(&mut chains[i], &o.chains, &n.chains);
+                    count_users(&mut elements[i], &o.elements, &n.elements);
                 }
             }
         }
-        // Some(true): the object gets its first user; Some(false): loses its last.
-        let transition = |before: Option<&usize>, delta: isize| {
-            let before = before.copied().unwrap_or(0) as isize;
-            match (before, before + delta) {
-                (0, after) if after > 0 => Some(true),
-                (b, 0) if b > 0 => Some(false),
-                _ => None,
-            }
-        };
         let mut plan = SharedPlan::default();
         for i in 0..2 {
-            for (name, (d, rules)) in std::mem::take(&mut chains[i]) {
-                if let Some(created) = transition(self.chains[i].get(&name), d) {
-                    let side = if created {
-                        &mut plan.created
-                    } else {
-                        &mut plan.removed
-                    };
-                    side[i].chains.insert(name.clone(), rules.clone());
-                }
-                plan.chain_deltas[i].insert(name, d);
-            }
-            for (key, (d, v)) in std::mem::take(&mut elements[i]) {
-                if let Some(created) = transition(self.elements[i].get(&key), d) {
-                    let side = if created {
-                        &mut plan.created
-                    } else {
-                        &mut plan.removed
-                    };
-                    side[i].elements.insert(key.clone(), v.clone());
-                }
-                plan.element_deltas[i].insert(key, d);
-            }
+            let [created, removed] = [&mut plan.created[i], &mut plan.removed[i]];
+            plan.chain_deltas[i] = transitions(
+                &self.chains[i],
+                std::mem::take(&mut chains[i]),
+                &mut created.chains,
+                &mut removed.chains,
+            );
+            plan.element_deltas[i] = transitions(
+                &self.elements[i],
+                std::mem::take(&mut elements[i]),
+                &mut created.elements,
+                &mut removed.elements,
+            );
         }
         plan
     }
@@ -716,6 +678,51 @@ impl SharedRefs {
         apply(&mut self.elements[0], e0);
         apply(&mut self.elements[1], e1);
     }
+}
+
+/// Per shared object: the change in its number of users, and its content.
+type Delta<'a, K, V> = HashMap<K, (isize, &'a V)>;
+
+/// One owner's change: +1 user for each object only in `new`, -1 for each
+/// object only in `old`.
+fn count_users<'a, K: Clone + Ord + std::hash::Hash, V>(
+    delta: &mut Delta<'a, K, V>,
+    old: &'a BTreeMap<K, V>,
+    new: &'a BTreeMap<K, V>,
+) {
+    for (side, other, step) in [(new, old, 1), (old, new, -1)] {
+        for (key, v) in side {
+            if !other.contains_key(key) {
+                delta.entry(key.clone()).or_insert((0, v)).0 += step;
+            }
+        }
+    }
+}
+
+/// Objects whose user count goes from zero (into `created`) or to zero (into
+/// `removed`) under `delta`, given the current `counts`; returns the deltas
+/// alone, for [`SharedRefs::commit`].
+fn transitions<K: Clone + Ord + std::hash::Hash, V: Clone>(
+    counts: &HashMap<K, usize>,
+    delta: Delta<'_, K, V>,
+    created: &mut BTreeMap<K, V>,
+    removed: &mut BTreeMap<K, V>,
+) -> HashMap<K, isize> {
+    let mut deltas = HashMap::with_capacity(delta.len());
+    for (key, (d, v)) in delta {
+        let before = counts.get(&key).copied().unwrap_or(0) as isize;
+        match (before, before + d) {
+            (0, after) if after > 0 => {
+                created.insert(key.clone(), v.clone());
+            }
+            (b, 0) if b > 0 => {
+                removed.insert(key.clone(), v.clone());
+            }
+            _ => {}
+        }
+        deltas.insert(key, d);
+    }
+    deltas
 }
 
 /// Phases keep references valid inside the transaction: sets and chains
